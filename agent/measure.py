@@ -1,0 +1,123 @@
+"""Honest measurement: a latency loop that keeps every sample, and a peak-RSS sampler."""
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from shared.sweep import MeasureSpec
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    iterations: int
+    window_s: float
+
+    def throughput(self, batch_size: int) -> float:
+        """Items per second over the timed window: every sample counts."""
+        return batch_size * self.iterations / self.window_s if self.window_s > 0 else float("nan")
+
+
+def summarize(samples_s: list[float] | np.ndarray) -> LatencyStats:
+    """Statistics over every kept sample (seconds in, milliseconds out)."""
+    a = np.asarray(samples_s, dtype=np.float64) * 1e3
+    if a.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return LatencyStats(mean_ms=float(a.mean()), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+                        std_ms=float(a.std(ddof=1)) if a.size > 1 else 0.0, min_ms=float(a.min()),
+                        iterations=int(a.size), window_s=float(a.sum() / 1e3))
+
+
+def time_loop(fn: Callable[[], object], spec: MeasureSpec,
+              clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Warm up, then time `fn` until both min_iters and min_duration_s are met, capped by max_duration_s.
+
+    Returns every sample in seconds. `fn` must be synchronous (it returns when the work is done).
+    """
+    for _ in range(spec.warmup_iters):
+        fn()
+    samples: list[float] = []
+    start = clock()
+    while True:
+        t0 = clock()
+        fn()
+        t1 = clock()
+        samples.append(t1 - t0)
+        elapsed = t1 - start
+        if elapsed >= spec.max_duration_s:
+            break
+        if len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s:
+            break
+    return samples
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process, from /proc (cheap enough to sample every few ms)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20
+
+
+def maxrss_mb() -> float:
+    """The kernel's peak RSS for this process (ru_maxrss is KiB on Linux) since start or the last reset."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's high-water mark to the current RSS, so a peak covers one window.
+
+    Linux only (/proc/self/clear_refs, value 5); returns False where that is refused, and the
+    kernel peak then covers the whole process life (an upper bound).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Samples RSS from a thread every `interval_s` while active; `peak_mb` also consults the
+    kernel's peak (ru_maxrss), which catches spikes shorter than the sampling interval."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.sampled_peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakRSS":
+        self.sampled_peak_mb = rss_mb()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sampled_peak_mb = max(self.sampled_peak_mb, rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sampled_peak_mb = max(self.sampled_peak_mb, rss_mb())
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.sampled_peak_mb, maxrss_mb())

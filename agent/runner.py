@@ -1,0 +1,219 @@
+"""run_job(job) -> Result: one job, stage by stage, in this process. No Ray here.
+
+Stages: load (model, data, reference predictions), compress, export, build, measure, evaluate.
+A third-party exception is translated at its stage's boundary into a StageError; the job then
+becomes a `failed` row with that stage and a one-line error (the traceback goes to the log).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import gc
+import logging
+import os
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from agent import measure, sizes
+from agent.backends import ExportContext
+from agent.backends import get as get_backend
+from agent.quality import batches, predict, quality
+from shared.errors import FleetError, StageError, Unsupported, one_line
+from shared.job import Job, Result
+
+log = logging.getLogger(__name__)
+MB = 2**20
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@contextlib.contextmanager
+def stage(name: str, on_stage: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """The one boundary per stage where foreign exceptions become our StageError."""
+    if on_stage is not None:
+        on_stage(name)
+    try:
+        yield
+    except FleetError:
+        raise
+    except MemoryError as e:
+        raise StageError(name, f"out of memory: {e}") from e
+    except Exception as e:
+        log.debug("stage %s failed:\n%s", name, traceback.format_exc())
+        raise StageError(name, one_line(e)) from e
+
+
+def default_threads() -> int:
+    import psutil
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] = None,
+            on_stage: Optional[Callable[[str], None]] = None) -> Result:
+    """Run one job and return its row; never raises for a job's own failure.
+
+    `weights`: the checkpoint's bytes, shipped by the coordinator (cached here by content hash).
+    `on_stage(name)` is called as each stage begins (the coordinator tracks where a job died).
+    """
+    res = Result.for_job(job, started_at=_now())
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            if workdir is None:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetbench-")))
+            _execute(job, res, notes, weights, Path(workdir), functools.partial(stage, on_stage=on_stage))
+    except Unsupported as e:
+        res.status, res.error = "unsupported", one_line(e)
+    except StageError as e:
+        res.status, res.stage, res.error = "failed", e.stage, one_line(e)
+        log.error("%s failed in %s: %s\n%s", job.describe(), e.stage, res.error, traceback.format_exc())
+    except Exception as e:  # a bug outside any stage: still a row, never a lost job
+        res.status, res.stage, res.error = "failed", "load", one_line(e)
+        log.error("%s failed: %s\n%s", job.describe(), res.error, traceback.format_exc())
+    res.notes = "; ".join(notes) or None
+    res.finished_at = _now()
+    res.wall_s = time.perf_counter() - t0
+    return res
+
+
+def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], workdir: Path, stage) -> None:
+    try:
+        backend = get_backend(job.backend)
+    except KeyError:
+        raise Unsupported(f"{job.backend}: backend not available in this fleetbench build") from None
+    except ImportError as e:
+        raise Unsupported(f"{job.backend}: cannot import its module ({e})") from None
+    avail = backend.probe()
+    if not avail.available:
+        raise Unsupported(avail.reason or f"{job.backend}: not available on this node")
+    if job.device not in avail.devices:
+        raise Unsupported(f"{job.backend}: no device {job.device!r} on this node "
+                          f"(has: {', '.join(avail.devices) or 'none'})")
+    reason = backend.check(job) or _check_compression(job, backend)
+    if reason:
+        raise Unsupported(reason)
+
+    threads = job.measure.threads or default_threads()
+    needs_model = getattr(backend, "needs_model", True)
+    with stage("load"):
+        data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model)
+    baseline_mb = measure.rss_mb()
+
+    with stage("compress"):
+        model = _compress(job, model, data, notes, res)
+
+    example = next(batches(data.eval_x[: job.batch_size], job.batch_size))[0]
+    ctx = ExportContext(job=job, model=model, example=example, workdir=workdir, calib_x=data.calib_x,
+                        onnx_source=onnx_source)
+    with stage("export"):
+        t = time.perf_counter()
+        artifact = backend.export(ctx)
+        res.export_s = time.perf_counter() - t
+        res.size_mb = sizes.size_bytes(artifact.files) / MB
+        res.size_compressed_mb = sizes.compressed_bytes(artifact.files) / MB
+    del ctx, model
+    _release_memory()
+    if not measure.reset_peak():
+        notes.append("kernel peak RSS could not be reset: ram_peak_mb covers the whole job")
+
+    with measure.PeakRSS() as mem:
+        with stage("build"):
+            t = time.perf_counter()
+            engine = backend.load(artifact, job, threads)
+            res.build_s = time.perf_counter() - t
+        res.dtype, res.threads, res.provider = engine.dtype, engine.threads, engine.provider
+        with stage("measure"):
+            _measure(engine, example, job, res)
+        with stage("evaluate"):
+            if needs_model:
+                pred = predict(engine.run, data.eval_x, job.batch_size)
+                res.__dict__.update(quality(pred, data.eval_y, reference))
+                res.eval_samples = int(len(pred))
+    res.ram_peak_mb = mem.peak_mb
+    res.ram_delta_mb = mem.peak_mb - baseline_mb
+    if engine.vram is not None:
+        res.vram_peak_mb, res.vram_source = engine.vram(), engine.vram_source
+    engine.close()
+
+
+def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, needs_model: bool):
+    """Dataset, fp32 model, and the fp32 eager model's predictions (the agreement reference)."""
+    from agent.data import load_dataset
+    data = load_dataset(job.dataset, tuple(job.model.input_size))
+    if not needs_model:
+        return data, None, None, None
+    checkpoint = None
+    if weights is not None and job.weights_sha256:
+        from agent.models import materialise_weights
+        suffix = Path(job.model.checkpoint or job.model.source).suffix
+        checkpoint = materialise_weights(weights, job.weights_sha256, suffix)
+    if job.model.scheme == "onnx":
+        path = checkpoint or Path(job.model.source.partition(":")[2])
+        if not path.is_file():
+            raise StageError("load", f"{path}: ONNX model not found")
+        return data, None, path, _onnx_reference(path, data.eval_x, job.batch_size, threads)
+    from agent.models import load_model
+    model, model_notes = load_model(job.model, checkpoint)
+    notes.extend(model_notes)
+    import torch
+    torch.set_num_threads(threads)
+    with torch.inference_mode():
+        reference = predict(lambda x: model(torch.from_numpy(x)).numpy(), data.eval_x, 64)
+    return data, model, None, reference
+
+
+def _onnx_reference(path: Path, x: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return predict(lambda b: sess.run(None, {name: b})[0], x, batch_size)
+
+
+def _check_compression(job: Job, backend) -> Optional[str]:
+    try:
+        from agent import compress
+    except ImportError:
+        compress = None
+    if compress is None:
+        if job.compression.method == "none":
+            return None
+        return f"compression {job.compression.name}: not available in this fleetbench build"
+    return compress.check(job, backend)
+
+
+def _compress(job: Job, model, data, notes: list[str], res: Result):
+    if job.compression.method == "none" or model is None:
+        return model
+    from agent import compress
+    return compress.apply(job, model, data, notes, res)
+
+
+def _measure(engine, example: np.ndarray, job: Job, res: Result) -> None:
+    t = time.perf_counter()
+    engine.run(example)
+    res.first_ms = (time.perf_counter() - t) * 1e3
+    samples = measure.time_loop(lambda: engine.run(example), job.measure)
+    stats = measure.summarize(samples)
+    res.latency_mean_ms, res.latency_p50_ms, res.latency_p90_ms = stats.mean_ms, stats.p50_ms, stats.p90_ms
+    res.latency_p99_ms, res.latency_std_ms, res.latency_min_ms = stats.p99_ms, stats.std_ms, stats.min_ms
+    res.iterations, res.measure_s = stats.iterations, stats.window_s
+    res.throughput_ips = stats.throughput(job.batch_size)
+
+
+def _release_memory() -> None:
+    """Give freed export memory back to the OS, so the engine's peak is its own."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

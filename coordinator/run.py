@@ -1,0 +1,112 @@
+"""One sweep, end to end: validate, discover, plan, dispatch, stream rows into DuckDB, report."""
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+from coordinator import cluster
+from coordinator.plan import checkpoint_path, plan, resolve_local
+from shared.errors import SweepError
+from shared.job import Result, sha256_file
+from shared.sweep import Sweep, load_sweep
+
+log = logging.getLogger(__name__)
+
+
+def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
+    """Local files the sweep names must exist before anything starts; returns model name -> file to ship."""
+    files = {}
+    for i, m in enumerate(sweep.models):
+        path = checkpoint_path(m.checkpoint, m.source, sweep_path.parent)
+        if path is None:
+            continue
+        field = "checkpoint" if m.checkpoint else "source"
+        if not path.is_file():
+            raise SweepError(f"{sweep_path}: models[{i}].{field}: {path}: no such file")
+        files[m.name] = path
+    ds = sweep.dataset
+    if ds.kind == "imagefolder" and not resolve_local(ds.path, sweep_path.parent).is_dir():
+        raise SweepError(f"{sweep_path}: dataset.path: {ds.path}: no such directory")
+    return files
+
+
+def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
+              resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
+    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
+    from coordinator.store import Store
+    sweep = load_sweep(sweep_path)
+    files = check_inputs(sweep, Path(sweep_path))
+    if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
+        path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
+        sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
+    where = cluster.connect(address)
+    try:
+        profiles = cluster.discover()
+        from coordinator.report import fleet_table
+        from coordinator.formats import render
+        print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
+        print(render(*fleet_table(profiles), "table"), file=out)
+        hashes = {name: sha256_file(p) for name, p in files.items()}
+        the_plan = plan(sweep, profiles, hashes)
+        with Store(db) as store:
+            run_id = store.latest_run(sweep.name) if resume else None
+            run_id = run_id or store.start_run(sweep.name, sweep.model_dump_json(), where)
+            done = store.done_job_ids(run_id) if resume else set()
+            store.put_nodes(run_id, the_plan.nodes)
+            jobs = [j for j in the_plan.jobs if j.job_id not in done]
+            print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
+                  f"{len(done)} already ok, {len(jobs)} to run", file=out)
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, files, progress)
+            counts["ok (resumed)"] = len(done) if resume else 0
+            store.finish_run(run_id, "done")
+            _report(db, store, run_id, out)
+    finally:
+        cluster.disconnect()
+    print(", ".join(f"{n} {k}" for k, n in counts.items() if n), file=out)
+    return counts
+
+
+def _dispatch(store, run_id: str, unsupported: list[Result], jobs, files: dict[str, Path], progress: bool) -> Counter:
+    import ray
+    from tqdm import tqdm
+
+    from coordinator.dispatch import Dispatcher
+
+    counts: Counter = Counter()
+    bar = tqdm(total=len(unsupported) + len(jobs), disable=not progress, unit="job", file=sys.stderr,
+               dynamic_ncols=True)
+
+    def put(result: Result) -> None:
+        result.run_id = run_id
+        store.put_result(result)
+        counts[result.status] += 1
+        bar.update(1)
+        bar.set_postfix_str(f"{result.model}/{result.compression}/{result.backend}/bs{result.batch_size}: "
+                            f"{result.status}", refresh=False)
+
+    def stage(job, name: str) -> None:
+        bar.set_description_str(f"{job.backend}:{job.device} bs{job.batch_size} {name}", refresh=True)
+
+    for row in unsupported:
+        put(row)
+    weights = {name: ray.put(path.read_bytes()) for name, path in files.items()
+               if any(j.model.name == name for j in jobs)}
+    dispatcher = Dispatcher(put, stage)
+    try:
+        dispatcher.submit(jobs, weights)
+        dispatcher.drain()
+    finally:
+        bar.close()
+    return counts
+
+
+def _report(db: str, store, run_id: str, out) -> None:
+    from coordinator.report import results_tables
+    for title, table in results_tables(store.rows(run_id)):
+        print(f"\n{title}", file=out)
+        print(table, file=out)
+    print(f"\nresults in {db} (run {run_id}); try: coordinator query \"SELECT * FROM comparison\" --db {db}",
+          file=out)

@@ -1,0 +1,167 @@
+"""Job, Result and NodeProfile: the records that travel between coordinator and agents."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
+
+STATUSES = ("ok", "failed", "unsupported")
+
+
+def sha256_file(path) -> str:
+    """Content hash of a file (checkpoints are shipped and cached by it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement: (model, compression, backend, device, batch size) on one node."""
+
+    sweep: str
+    model: ModelSpec
+    dataset: DatasetSpec
+    compression: CompressionSpec
+    backend: str
+    device: str
+    batch_size: int
+    measure: MeasureSpec
+    node_key: str = "local"        # stable name of the node (label fleet.node or hostname)
+    node_id: str = ""              # Ray's hex node id (changes when a node restarts)
+    hostname: str = ""
+    hw_kind: str = "cpu"
+    weights_sha256: Optional[str] = None   # content hash of the checkpoint file, when there is one
+    timeout_s: float = 900.0
+
+    @property
+    def job_id(self) -> str:
+        """Content hash of what determines the measurement: the resume key and engine-cache key."""
+        key = {
+            "model": self.model.model_dump(mode="json"),
+            "weights": self.weights_sha256,
+            "dataset": self.dataset.model_dump(mode="json"),
+            "compression": self.compression.name,
+            "backend": self.backend,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "measure": self.measure.model_dump(mode="json"),
+            "node": self.node_key,
+        }
+        blob = json.dumps(key, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return (f"{self.model.name}/{self.compression.name}/{self.backend}:{self.device}"
+                f"/bs{self.batch_size}@{self.node_key}")
+
+
+@dataclass
+class Result:
+    """One row of the `results` table. Figures are None where not measured."""
+
+    job_id: str
+    sweep: str
+    model: str
+    compression: str
+    backend: str
+    device: str
+    batch_size: int
+    node_id: str
+    hostname: str
+    hw_kind: str
+    status: str = "ok"
+    stage: Optional[str] = None
+    error: Optional[str] = None
+    run_id: Optional[str] = None
+    dtype: Optional[str] = None
+    threads: Optional[int] = None
+    provider: Optional[str] = None
+    latency_mean_ms: Optional[float] = None
+    latency_p50_ms: Optional[float] = None
+    latency_p90_ms: Optional[float] = None
+    latency_p99_ms: Optional[float] = None
+    latency_std_ms: Optional[float] = None
+    latency_min_ms: Optional[float] = None
+    first_ms: Optional[float] = None
+    iterations: Optional[int] = None
+    measure_s: Optional[float] = None
+    throughput_ips: Optional[float] = None
+    ram_peak_mb: Optional[float] = None
+    ram_delta_mb: Optional[float] = None
+    vram_peak_mb: Optional[float] = None
+    vram_source: Optional[str] = None
+    size_mb: Optional[float] = None
+    size_compressed_mb: Optional[float] = None
+    sparsity: Optional[float] = None
+    accuracy: Optional[float] = None
+    precision_macro: Optional[float] = None
+    recall_macro: Optional[float] = None
+    f1_macro: Optional[float] = None
+    top1_agreement: Optional[float] = None
+    eval_samples: Optional[int] = None
+    export_s: Optional[float] = None
+    build_s: Optional[float] = None
+    cache_hit: Optional[bool] = None
+    wall_s: Optional[float] = None
+    notes: Optional[str] = None
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+
+    @classmethod
+    def for_job(cls, job: Job, **kw: Any) -> "Result":
+        return cls(job_id=job.job_id, sweep=job.sweep, model=job.model.name,
+                   compression=job.compression.name, backend=job.backend, device=job.device,
+                   batch_size=job.batch_size, node_id=job.node_id, hostname=job.hostname,
+                   hw_kind=job.hw_kind, **kw)
+
+    def to_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(Result))
+
+
+@dataclass
+class NodeProfile:
+    """What a node is and can do, as its agent probe saw it."""
+
+    hostname: str
+    kinds: list[str]
+    cpu_model: str
+    cores: int
+    logical_cpus: int
+    isa_flags: list[str]
+    ram_mb: float
+    node_id: str = ""
+    node_key: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    driver: Optional[str] = None
+    openvino_devices: list[str] = field(default_factory=list)
+    versions: dict[str, Optional[str]] = field(default_factory=dict)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NodeProfile":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def backend_devices(self, backend: str) -> list[str]:
+        info = self.backends.get(backend) or {}
+        return list(info.get("devices") or []) if info.get("available") else []
+
+    def unavailable_reason(self, backend: str) -> str:
+        info = self.backends.get(backend)
+        if info is None:
+            return f"{backend}: not probed on this node"
+        return info.get("reason") or f"{backend}: not available on this node"
