@@ -103,7 +103,11 @@ def load_model(spec: ModelSpec, checkpoint: Optional[Path] = None) -> tuple[Any,
     path = checkpoint or (Path(spec.checkpoint) if spec.checkpoint else None)
     if path is not None:
         state = read_state_dict(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches raise even when not strict
+            detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+            raise StageError("load", f"{path}: checkpoint does not fit {spec.source} ({detail})") from e
         if missing or unexpected:
             raise StageError("load", f"{path}: checkpoint does not fit {spec.source} "
                                      f"(missing {len(missing)}, unexpected {len(unexpected)} keys, "

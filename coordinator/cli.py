@@ -66,7 +66,7 @@ def _query(args) -> int:
     if not args.sql.strip():
         raise SweepError("query: empty SQL statement")
     columns, rows = query(args.db, args.sql)
-    print(render(columns, rows, args.format))
+    print(render(columns, rows, args.format).rstrip("\n"))
     return 0
 
 

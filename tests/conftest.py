@@ -1,0 +1,34 @@
+"""Shared test setup: Ray stays on loopback, engine caches go to a temp dir, workers can import tests.*"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray workers inherit the environment: let them import test-only model modules (tests.fixtures.*).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEMO_CHECKPOINT = ROOT / "examples" / "digits" / "model.safetensors"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    os.environ["FLEETBENCH_CACHE"] = str(tmp_path_factory.mktemp("fleetbench-cache"))
+    yield
+
+
+@pytest.fixture
+def demo_model_spec():
+    from shared.sweep import ModelSpec
+    return ModelSpec(name="digits-test_resnet", source="timm:test_resnet", checkpoint=str(DEMO_CHECKPOINT),
+                     num_classes=10, input_size=(3, 32, 32))
+
+
+@pytest.fixture
+def quick_measure():
+    from shared.sweep import MeasureSpec
+    return MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_s=1)
