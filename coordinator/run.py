@@ -1,6 +1,7 @@
 """One sweep, end to end: validate, discover, plan, dispatch, stream rows into DuckDB, report."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections import Counter
@@ -10,7 +11,7 @@ from typing import Optional
 from coordinator import cluster
 from coordinator.plan import checkpoint_path, plan, resolve_local
 from shared.errors import SweepError
-from shared.job import Result, sha256_file
+from shared.job import Result
 from shared.sweep import Sweep, load_sweep
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,17 @@ def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
     return files
 
 
+def _payload(path: Path) -> bytes:
+    """The bytes shipped to agents: the file itself, or for ONNX the model with its external data inlined."""
+    if path.suffix != ".onnx":
+        return path.read_bytes()
+    import onnx
+    try:
+        return onnx.load(str(path)).SerializeToString()
+    except Exception as e:
+        raise SweepError(f"{path}: cannot read ONNX model ({type(e).__name__}: {e})") from None
+
+
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
               resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
@@ -49,7 +61,8 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
         from coordinator.formats import render
         print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
         print(render(*fleet_table(profiles), "table"), file=out)
-        hashes = {name: sha256_file(p) for name, p in files.items()}
+        payloads = {name: _payload(path) for name, path in files.items()}
+        hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
         the_plan = plan(sweep, profiles, hashes)
         with Store(db) as store:
             run_id = store.latest_run(sweep.name) if resume else None
@@ -59,7 +72,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
             jobs = [j for j in the_plan.jobs if j.job_id not in done]
             print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
                   f"{len(done)} already ok, {len(jobs)} to run", file=out)
-            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, files, progress)
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
             counts["ok (resumed)"] = len(done) if resume else 0
             store.finish_run(run_id, "done")
             _report(db, store, run_id, out)
@@ -69,7 +82,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     return counts
 
 
-def _dispatch(store, run_id: str, unsupported: list[Result], jobs, files: dict[str, Path], progress: bool) -> Counter:
+def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool) -> Counter:
     import ray
     from tqdm import tqdm
 
@@ -92,7 +105,7 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, files: dict[s
 
     for row in unsupported:
         put(row)
-    weights = {name: ray.put(path.read_bytes()) for name, path in files.items()
+    weights = {name: ray.put(data) for name, data in payloads.items()
                if any(j.model.name == name for j in jobs)}
     dispatcher = Dispatcher(put, stage)
     try:

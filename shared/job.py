@@ -12,15 +12,6 @@ from shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
 STATUSES = ("ok", "failed", "unsupported")
 
 
-def sha256_file(path) -> str:
-    """Content hash of a file (checkpoints are shipped and cached by it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Job:
     """One measurement: (model, compression, backend, device, batch size) on one node."""
