@@ -12,6 +12,8 @@ _REGISTRY: dict[str, str] = {
     "torchscript": "agent.backends.torchscript:TorchScriptBackend",
     "onnxruntime": "agent.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "agent.backends.openvino:OpenVinoBackend",
+    "tensorrt": "agent.backends.tensorrt:TensorRTBackend",
+    "tflite": "agent.backends.tflite:TFLiteBackend",
     "null": "agent.backends.null:NullBackend",
 }
 

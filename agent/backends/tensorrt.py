@@ -1,0 +1,340 @@
+"""TensorRT: a native engine built on this node's own GPU from the exported ONNX (TensorRT 10/11 Python API).
+
+Precision comes from the ONNX graph itself (TensorRT 11 has no FP16/INT8 builder flags and no calibrator:
+networks are strongly typed): fp32 graph -> fp32 engine, fp16-converted graph -> fp16, ORT's static Q/DQ
+graph -> int8. Engines are specific to the GPU, its compute capability, the TensorRT version and the driver:
+they are built here and cached under a key made of all of them (`engine_cache_key`); a hit skips the build.
+The builder's timing cache persists per GPU/TensorRT version, so a rebuild of a similar graph is fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from agent.backends.base import Artifact, Availability, Engine, ExportContext
+from agent.gpu import ProcessVram, device_index, nvidia_gpu, nvidia_gpus
+from shared.errors import Unsupported
+from shared.job import Job
+
+log = logging.getLogger(__name__)
+INSTALL = "pip install 'fleetbench[nvidia]'"
+# Compressions whose ONNX is the plain fp32 export (weights changed in the torch module before export).
+_FP32_ONNX = ("none", "prune", "prune-channels", "cluster")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FLEETBENCH_CACHE", Path.home() / ".cache" / "fleetbench")) / "tensorrt"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "unknown"
+
+
+def engine_cache_key(job_id: str, gpu: Mapping[str, Any] | str, trt_version: str, driver: Optional[str]) -> str:
+    """The engine-cache key: the job (model, weights, compression, batch...) plus everything an engine is
+    specific to: GPU model, compute capability, TensorRT version and driver. Readable prefix, hashed rest."""
+    if isinstance(gpu, str):
+        gpu = {"name": gpu}
+    blob = json.dumps({"job": job_id, "gpu": gpu.get("name"), "cc": gpu.get("compute_capability"),
+                       "trt": trt_version, "driver": driver}, sort_keys=True).encode()
+    return f"{job_id}-{_slug(str(gpu.get('name')))}-trt{_slug(trt_version)}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def timing_cache_path(gpu: Mapping[str, Any], trt_version: str) -> Path:
+    return cache_root() / f"timing-{_slug(str(gpu.get('name')))}-{gpu.get('compute_capability')}-{_slug(trt_version)}.cache"
+
+
+def _installed() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def cuda_device_names(n: int) -> tuple[str, ...]:
+    """Device names for n GPUs, as the torch backends name them: cuda, cuda:1, cuda:2..."""
+    return tuple("cuda" if i == 0 else f"cuda:{i}" for i in range(n))
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def probe(self) -> Availability:
+        try:
+            gpus, _, reason = nvidia_gpus()
+            installed = _installed()
+        except Exception as e:  # never raise from a probe
+            return Availability(False, f"tensorrt: probe failed ({type(e).__name__}: {e})")
+        if not gpus:
+            reason = reason or "no NVIDIA GPU found"
+            extra = "" if installed else "; tensorrt is not installed either" + ("" if INSTALL in reason else f" ({INSTALL})")
+            return Availability(False, f"tensorrt: {reason}{extra}")
+        if not installed:
+            return Availability(False, f"tensorrt: not installed; {INSTALL}")
+        return Availability(True, devices=cuda_device_names(len(gpus)))
+
+    def check(self, job: Job) -> Optional[str]:
+        if not re.fullmatch(r"cuda(:\d+)?", job.device):
+            return f"tensorrt: no device {job.device!r} (valid: cuda[:N])"
+        method = job.compression.method
+        if method == "int8-dynamic":
+            return "tensorrt: TensorRT has no dynamic quantization (int8 needs Q/DQ nodes: use int8-static)"
+        if method == "bf16":
+            return ("tensorrt: bf16 needs a bf16 ONNX graph (TensorRT takes precision from the graph) and "
+                    "fleetbench makes none (ONNX Conv takes no bfloat16 at opset 18)")
+        return None
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        import tensorrt as trt
+        onnx_path, dtype = onnx_for(ctx)
+        index = device_index(ctx.job.device)
+        gpu, driver, reason = nvidia_gpu(index)
+        if gpu is None:
+            raise Unsupported(f"tensorrt: {reason}")
+        version = trt.__version__
+        key = engine_cache_key(ctx.job.job_id, gpu, version, driver)
+        meta = {"gpu": gpu["name"], "compute_capability": gpu["compute_capability"], "tensorrt": version,
+                "driver": driver, "engine_key": key, "onnx": str(onnx_path)}
+        out = ctx.workdir / "model.engine"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cached = cache_root() / "engines" / f"{key}.engine"
+        if cached.is_file():
+            shutil.copyfile(cached, out)
+            meta.update(cache_hit=True, engine_build_s=0.0)
+            log.info("tensorrt: engine cache hit %s", key)
+            return Artifact([out], dtype=dtype, meta=meta)
+        _select_cuda_device(index)
+        t = time.perf_counter()
+        blob = build_engine(trt, onnx_path, tuple(ctx.example.shape), timing_cache_path(gpu, version))
+        meta.update(cache_hit=False, engine_build_s=time.perf_counter() - t)
+        out.write_bytes(blob)
+        _atomic_write(cached, blob)
+        return Artifact([out], dtype=dtype, meta=meta)
+
+    def load(self, artifact: Artifact, job: Job, threads: int, memory: Any = None) -> Engine:
+        import tensorrt as trt
+        index = device_index(job.device)
+        vram = ProcessVram(index=index).start()
+        try:
+            memory = memory or TorchCudaMemory(job.device)
+            runtime = trt.Runtime(_logger(trt))
+            engine = runtime.deserialize_cuda_engine(artifact.main.read_bytes())
+            if engine is None:
+                raise RuntimeError("TensorRT could not deserialise the engine (built for another GPU/version?)")
+            io = TrtIO(trt, engine, memory)
+        except BaseException:
+            vram.close()
+            raise
+        alive = [runtime, engine]   # the runtime must outlive the engine, the engine its context
+
+        def close() -> None:
+            io.release()
+            alive.clear()
+            vram.close()
+
+        eng = Engine(run=io.run, dtype=artifact.dtype, threads=None, provider=f"tensorrt-{trt.__version__}:{job.device}",
+                     vram=vram.peak, vram_source="nvml-process", close=close)
+        eng.prepare_device_run = io.prepare_device_run   # device-resident timing: no host copies
+        eng.notes = lambda: _notes(artifact, vram)
+        return eng
+
+
+def _notes(artifact: Artifact, vram: ProcessVram) -> list[str]:
+    m = artifact.meta
+    made = ("from the TensorRT engine cache" if m.get("cache_hit")
+            else f"built in {m.get('engine_build_s', 0):.1f} s when first made")
+    out = [f"tensorrt {m.get('tensorrt')} engine {made}, for {m.get('gpu')} (cc {m.get('compute_capability')}, "
+           f"driver {m.get('driver')})"]
+    if vram.peak_mb is None and vram.reason:
+        out.append(f"vram: {vram.reason}")
+    return out
+
+
+def onnx_for(ctx: ExportContext) -> tuple[Path, str]:
+    """The ONNX graph that carries the job's precision, from the compression package when it is there."""
+    try:
+        from agent.compress.onnx_variants import onnx_for as variant
+    except ModuleNotFoundError as e:
+        if e.name not in ("agent.compress", "agent.compress.onnx_variants"):
+            raise
+        variant = None
+    if variant is not None:
+        path, dtype = variant(ctx)
+        return Path(path), dtype
+    if ctx.job.compression.method not in _FP32_ONNX:
+        raise Unsupported(f"tensorrt: {ctx.job.compression.name} needs the ONNX variants of agent.compress "
+                          "(not in this fleetbench build)")
+    return ctx.onnx(), "fp32"
+
+
+def build_engine(trt: Any, onnx_path: Path, input_shape: tuple[int, ...], timing_cache: Path) -> bytes:
+    """Parse the ONNX, add an optimisation profile for dynamic inputs at the job's shape, build with the
+    persistent timing cache, and return the serialised engine."""
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):   # reads external data (.onnx.data) beside the file
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors[:3]) or 'unknown error'}")
+    config = builder.create_builder_config()
+    profile = _profile(builder, network, input_shape)
+    if profile is not None:
+        config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, False)   # ignore_mismatch=False: a cache from another GPU is not used
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise RuntimeError("TensorRT build failed (see the TensorRT log above)")
+    _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(blob)
+
+
+def _profile(builder: Any, network: Any, input_shape: tuple[int, ...]) -> Any:
+    """One profile pinning every dynamic input dimension at the job's shape (batch included), or None."""
+    profile, dynamic = builder.create_optimization_profile(), False
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        dims = tuple(inp.shape)
+        if all(d >= 0 for d in dims):
+            continue
+        dynamic = True
+        if len(dims) != len(input_shape):
+            raise RuntimeError(f"input {inp.name!r} has rank {len(dims)}, the job's batch has {len(input_shape)}")
+        shape = tuple(s if d < 0 else d for d, s in zip(dims, input_shape))
+        profile.set_shape(inp.name, shape, shape, shape)
+    return profile if dynamic else None
+
+
+def _network_flags(trt: Any) -> int:
+    """TensorRT 11 networks are always strongly typed; on 10.x ask for it, so precision comes from the graph."""
+    major = int(str(trt.__version__).split(".")[0])
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if major < 11 and flag is not None else 0
+
+
+_LOGGERS: dict[int, Any] = {}
+
+
+def _logger(trt: Any) -> Any:
+    """One logger per tensorrt module, kept alive as long as the process (TensorRT holds a reference)."""
+    key = id(trt)
+    if key not in _LOGGERS:
+        _LOGGERS[key] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[key]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _select_cuda_device(index: int) -> None:
+    """TensorRT builds and runs on the current CUDA device."""
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch sees no CUDA device (a CPU-only torch build?): TensorRT needs CUDA memory")
+    torch.cuda.set_device(index)
+
+
+class TrtIO:
+    """An execution context with its I/O tensors allocated on the GPU once; `run` is synchronous."""
+
+    def __init__(self, trt: Any, engine: Any, memory: Any):
+        self.memory, self.context = memory, engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.inputs: list[tuple[str, Any, Any]] = []
+        self.outputs: list[tuple[str, Any, Any]] = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                shape = tuple(engine.get_tensor_shape(name))
+                if any(d < 0 for d in shape):   # dynamic: the profile pinned it at the job's shape
+                    shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
+                self.context.set_input_shape(name, shape)
+                self.inputs.append((name, dtype, memory.alloc(shape, dtype)))
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+                shape = tuple(self.context.get_tensor_shape(name))
+                self.outputs.append((name, dtype, memory.alloc(shape, dtype)))
+        if len(self.inputs) != 1 or not self.outputs:
+            raise RuntimeError(f"expected one input and an output, engine has {len(self.inputs)} inputs")
+        for name, _, buf in self.inputs + self.outputs:
+            if not self.context.set_tensor_address(name, memory.ptr(buf)):
+                raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.memory.stream_handle):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        self.memory.synchronize()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Host in, host out: copy in, execute, synchronise, copy out. Timed as a whole."""
+        _, dtype, buf = self.inputs[0]
+        self.memory.upload(buf, np.ascontiguousarray(x, dtype=dtype))
+        self._execute()
+        return np.asarray(self.memory.download(self.outputs[0][2]), dtype=np.float32)
+
+    def prepare_device_run(self, x: np.ndarray):
+        """Upload `x` once; the returned call executes on device-resident I/O and synchronises."""
+        _, dtype, buf = self.inputs[0]
+        self.memory.upload(buf, np.ascontiguousarray(x, dtype=dtype))
+        self.memory.synchronize()
+        return self._execute
+
+    def release(self) -> None:
+        self.inputs, self.outputs, self.context = [], [], None
+        self.memory.release()
+
+
+class TorchCudaMemory:
+    """GPU buffers as torch CUDA tensors on one device; all work on one stream of our own."""
+
+    def __init__(self, device: str):
+        import torch
+        self.torch = torch
+        _select_cuda_device(device_index(device))
+        self.device = torch.device("cuda", device_index(device))
+        self.stream = torch.cuda.Stream(self.device)
+        self.buffers: list[Any] = []
+
+    @property
+    def stream_handle(self) -> int:
+        return self.stream.cuda_stream
+
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        tdtype = self.torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+        buf = self.torch.empty(shape, dtype=tdtype, device=self.device)
+        self.buffers.append(buf)
+        return buf
+
+    def ptr(self, buf: Any) -> int:
+        return buf.data_ptr()
+
+    def upload(self, buf: Any, x: np.ndarray) -> None:
+        with self.torch.cuda.stream(self.stream):
+            buf.copy_(self.torch.from_numpy(x))
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def download(self, buf: Any) -> np.ndarray:
+        with self.torch.cuda.stream(self.stream):
+            out = buf.cpu()   # device-to-host on our stream; returns when the copy is done
+        return out.float().numpy()
+
+    def release(self) -> None:
+        self.buffers.clear()

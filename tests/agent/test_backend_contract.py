@@ -1,0 +1,58 @@
+"""The backend contract: every registered backend goes through the same checks via run_job on the demo model.
+
+Available here -> an `ok` fp32 row with every figure filled in and quality equal to the reference.
+Not available here (tensorrt without an NVIDIA GPU, ...) -> an `unsupported` row that says why.
+`null` is a test-only engine without a model (it measures the coordinator's own overhead): not a contract member.
+"""
+import pytest
+
+from agent import backends
+from agent.runner import run_job
+from shared.job import Job
+from shared.sweep import CompressionSpec, DatasetSpec
+
+CONTRACT = [b for b in backends.names() if b != "null"]
+
+
+def test_every_engine_of_the_course_is_registered():
+    assert {"pytorch", "torchscript", "onnxruntime", "openvino", "tensorrt", "tflite"} <= set(CONTRACT)
+
+
+def test_unknown_backend_names_the_valid_ones():
+    with pytest.raises(KeyError, match="valid: .*tflite"):
+        backends.get("tensorrtt")
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_probe_never_raises_and_explains_itself(name):
+    a = backends.get(name).probe()
+    assert isinstance(a.available, bool)
+    assert a.devices if a.available else (a.reason and a.reason.startswith(f"{name}:"))
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_backend_contract_on_the_demo_model(name, demo_model_spec, quick_measure):
+    avail = backends.get(name).probe()
+    device = ("cpu" if "cpu" in avail.devices else avail.devices[0]) if avail.available else "cpu"
+    job = Job(sweep="contract", model=demo_model_spec, dataset=DatasetSpec(kind="digits", limit=64),
+              compression=CompressionSpec(method="none"), backend=name, device=device, batch_size=8,
+              measure=quick_measure)
+    r = run_job(job)
+    if not avail.available:
+        assert r.status == "unsupported" and r.error == avail.reason
+        return
+    assert r.status == "ok", f"{name}:{device} {r.stage}: {r.error}"
+    assert r.dtype == "fp32" and r.provider
+    for f in ("latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
+              "first_ms", "throughput_ips", "size_mb", "size_compressed_mb", "ram_peak_mb"):
+        assert getattr(r, f) is not None and getattr(r, f) > 0, f
+    # the loop stops at min_iters, or earlier at max_duration_s (a loaded machine): never without a sample
+    assert r.iterations >= 1
+    assert r.iterations >= quick_measure.min_iters or r.measure_s >= 0.9 * quick_measure.max_duration_s
+    assert r.build_s >= 0 and r.export_s >= 0
+    assert None not in (r.accuracy, r.precision_macro, r.recall_macro, r.f1_macro)
+    assert r.eval_samples == 64 and r.top1_agreement >= 0.99
+    if device != "cpu":
+        assert r.vram_source and r.vram_peak_mb is not None   # every GPU row says how VRAM was measured
+    else:
+        assert r.vram_peak_mb is None

@@ -1,0 +1,295 @@
+"""GPU paths of the CPU-testable backends, against FAKES: ONNX Runtime's CUDA / TensorRT EPs (I/O binding,
+fallback detection, node placement), the torch CUDA extras (NVML note), OpenVINO devices (CPU/GPU/NPU)."""
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from agent.backends import _ort_gpu
+from agent.backends.base import Artifact, Engine
+from shared.errors import Unsupported
+from shared.job import Job
+from shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
+from tests.fixtures.fake_gpu import MB, FakeGpu, FakeProc, fake_pynvml
+
+SPEC = ModelSpec(name="m", source="timm:test_resnet", num_classes=10, input_size=(3, 8, 8))
+
+
+def job(backend, device):
+    return Job(sweep="t", model=SPEC, dataset=DatasetSpec(kind="synthetic", limit=8),
+               compression=CompressionSpec(method="none"), backend=backend, device=device, batch_size=2,
+               measure=MeasureSpec(warmup_iters=0, min_iters=1, min_duration_s=0, max_duration_s=1))
+
+
+@pytest.fixture
+def nvml(monkeypatch):
+    fake = fake_pynvml([FakeGpu(procs=[FakeProc(os.getpid(), 700 * MB)])])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    return fake
+
+
+# ---------------------------------------------------------------- fake ONNX Runtime
+
+
+class FakeNode:
+    def __init__(self, op):
+        self.op_type, self.name = op, f"{op}_0"
+
+
+class FakeSubgraph:
+    def __init__(self, ep, ops):
+        self.ep_name, self._nodes = ep, [FakeNode(o) for o in ops]
+
+    def get_nodes(self):
+        return self._nodes
+
+
+class FakeIOBinding:
+    def __init__(self, log):
+        self.log, self.out = log, None
+
+    def bind_cpu_input(self, name, arr):
+        self.log.append(("bind_cpu_input", name, arr.dtype))
+        self.x = arr
+
+    def bind_output(self, name, device, device_id):
+        self.log.append(("bind_output", name, device, device_id))
+
+    def bind_ortvalue_input(self, name, v):
+        self.log.append(("bind_ortvalue_input", name))
+        self.x = v.array
+
+    def bind_ortvalue_output(self, name, v):
+        self.log.append(("bind_ortvalue_output", name))
+
+    def get_outputs(self):
+        return [types.SimpleNamespace(array=self.out)]
+
+    def synchronize_outputs(self):
+        self.log.append(("synchronize_outputs",))
+
+    def copy_outputs_to_cpu(self):
+        self.log.append(("copy_outputs_to_cpu",))
+        return [self.out]
+
+
+class FakeSession:
+    """FAKE onnxruntime.InferenceSession: logits = 2 * per-sample sum; ORT-style provider fallback."""
+
+    def __init__(self, path, sess_options=None, providers=None, in_type="tensor(float)", fallback_to=None,
+                 placement=(("CUDAExecutionProvider", ["Conv"] * 20), ("CPUExecutionProvider", ["Shape", "Gather", "Shape"]))):
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        self.providers_asked = providers
+        self.providers = [fallback_to, "CPUExecutionProvider"] if fallback_to else names
+        self.in_type, self.placement, self.log = in_type, placement, []
+
+    def get_providers(self):
+        return self.providers
+
+    def get_inputs(self):
+        return [types.SimpleNamespace(name="input", type=self.in_type)]
+
+    def get_outputs(self):
+        return [types.SimpleNamespace(name="logits", type="tensor(float)")]
+
+    def io_binding(self):
+        return FakeIOBinding(self.log)
+
+    def run_with_iobinding(self, io):
+        self.log.append(("run",))
+        io.out = (2 * io.x.reshape(io.x.shape[0], -1).astype(np.float32).sum(1, keepdims=True)).repeat(3, 1)
+
+    def get_provider_graph_assignment_info(self):
+        if self.placement is None:
+            raise RuntimeError("not recorded")
+        return [FakeSubgraph(ep, ops) for ep, ops in self.placement]
+
+
+def fake_ort(**session_kw):
+    m = types.ModuleType("onnxruntime")
+    m.sessions = []
+
+    def session(*a, **kw):
+        s = FakeSession(*a, **{**kw, **session_kw})
+        m.sessions.append(s)
+        return s
+
+    class SessionOptions:
+        def __init__(self):
+            self.entries = {}
+
+        def add_session_config_entry(self, k, v):
+            self.entries[k] = v
+
+    m.InferenceSession, m.SessionOptions = session, SessionOptions
+    m.ExecutionMode = types.SimpleNamespace(ORT_SEQUENTIAL=0)
+    m.GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99)
+    m.OrtValue = types.SimpleNamespace(ortvalue_from_numpy=lambda a, dev, i: types.SimpleNamespace(array=a, device=dev))
+    m.get_available_providers = lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return m
+
+
+def test_placement_note_fake_session_names_cpu_fallback_ops():
+    s = FakeSession("m", providers=["CUDAExecutionProvider"])
+    assert _ort_gpu.placement_note(s) == ("ORT node placement: CUDAExecutionProvider 20, CPUExecutionProvider 3 "
+                                          "(on CPU: Shape x2, Gather x1)")
+    s.placement = (("TensorrtExecutionProvider", ["Conv"] * 7),)
+    assert _ort_gpu.placement_note(s) == "ORT node placement: all 7 nodes on TensorrtExecutionProvider"
+    s.placement = None
+    assert _ort_gpu.placement_note(s) is None
+
+
+def test_provider_chain_tensorrt_ep_caches_engines_and_falls_back_to_cuda(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    chain = _ort_gpu.provider_chain(_ort_gpu.TRT)
+    assert [p[0] if isinstance(p, tuple) else p for p in chain] == [_ort_gpu.TRT, _ort_gpu.CUDA, _ort_gpu.CPU]
+    assert chain[0][1]["trt_engine_cache_enable"] and chain[0][1]["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt")
+    assert [p[0] if isinstance(p, tuple) else p for p in _ort_gpu.provider_chain(_ort_gpu.CUDA)] == [_ort_gpu.CUDA, _ort_gpu.CPU]
+
+
+def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placement(monkeypatch, nvml, tmp_path):
+    ort = fake_ort(in_type="tensor(float16)")
+    monkeypatch.setitem(sys.modules, "onnxruntime", ort)
+    from agent.backends.onnxruntime import OnnxRuntimeBackend
+    engine = OnnxRuntimeBackend().load(Artifact([tmp_path / "m.onnx"]), job("onnxruntime", "cuda"), threads=2)
+    sess = ort.sessions[-1]
+    assert [p[0] if isinstance(p, tuple) else p for p in sess.providers_asked] == [_ort_gpu.CUDA, _ort_gpu.CPU]
+    x = np.ones((2, 3, 8, 8), np.float32)
+    y = engine.run(x)
+    np.testing.assert_allclose(y, np.full((2, 3), 2 * 192.0))
+    assert sess.log == [("bind_cpu_input", "input", np.float16), ("bind_output", "logits", "cuda", 0), ("run",),
+                        ("copy_outputs_to_cpu",)]
+    assert engine.provider == _ort_gpu.CUDA and engine.vram_source == "nvml-process"
+    assert engine.vram() == pytest.approx(700)
+    assert engine.notes() == ["ORT node placement: CUDAExecutionProvider 20, CPUExecutionProvider 3 "
+                              "(on CPU: Shape x2, Gather x1)"]
+    sess.log.clear()
+    device_run = engine.prepare_device_run(x)
+    sess.log.clear()
+    device_run()
+    assert sess.log == [("run",), ("synchronize_outputs",)]        # no host copies in the device-resident loop
+    engine.close()
+    assert nvml.calls["init"] == nvml.calls["shutdown"]
+
+
+def test_onnxruntime_tensorrt_ep_fake_ort_silent_fallback_is_unsupported(monkeypatch, nvml, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake_ort(fallback_to="CUDAExecutionProvider"))
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    from agent.backends.onnxruntime import OnnxRuntimeBackend
+    with pytest.raises(Unsupported, match="TensorrtExecutionProvider could not be created.*fell back to CUDA"):
+        OnnxRuntimeBackend().load(Artifact([tmp_path / "m.onnx"]), job("onnxruntime", "tensorrt-ep"), threads=1)
+    assert nvml.calls["init"] == nvml.calls["shutdown"]
+
+
+def test_onnxruntime_gpu_devices_need_both_the_provider_and_a_gpu(monkeypatch):
+    from agent.backends import onnxruntime as ort_backend
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake_ort())
+    monkeypatch.setattr(ort_backend, "_has_nvidia_gpu", lambda: True)
+    assert ort_backend.OnnxRuntimeBackend().probe().devices == ("cpu", "cuda", "tensorrt-ep")
+    monkeypatch.setattr(ort_backend, "_has_nvidia_gpu", lambda: False)
+    assert ort_backend.OnnxRuntimeBackend().probe().devices == ("cpu",)
+
+
+# ---------------------------------------------------------------- torch CUDA extras
+
+
+def test_torch_cpu_runner_has_no_device_resident_mode():
+    import torch
+
+    from agent.backends._torch_common import make_runner, with_cuda_extras
+    run = make_runner(torch.nn.Linear(4, 2), "cpu")
+    assert run(np.ones((3, 4), np.float32)).shape == (3, 2) and run.prepare_device_run is None
+    engine = Engine(run=run, dtype="fp32")
+    assert with_cuda_extras(engine, "cpu") is engine and not hasattr(engine, "notes")
+
+
+def test_torch_cuda_extras_fake_nvml_note_and_close(nvml):
+    from agent.backends._torch_common import with_cuda_extras
+    closed = []
+
+    def run(x):
+        return x
+
+    run.prepare_device_run = lambda x: (lambda: None)
+    engine = with_cuda_extras(Engine(run=run, dtype="fp32", close=lambda: closed.append(1)), "cuda:0")
+    assert engine.prepare_device_run is run.prepare_device_run
+    assert engine.notes() == ["NVML process VRAM peak 700.0 MB (vram_peak_mb is torch.cuda.max_memory_allocated)"]
+    engine.close()
+    assert closed == [1] and nvml.calls["init"] == nvml.calls["shutdown"]
+
+
+@pytest.mark.parametrize("device, ok", [("cuda", True), ("cuda:1", True), ("cuda:x", False), ("gpu", False)])
+def test_torch_device_names(device, ok):
+    from agent.backends._torch_common import check_torch_job
+    assert (check_torch_job(job("pytorch", device), "pytorch") is None) == ok
+
+
+# ---------------------------------------------------------------- OpenVINO devices
+
+
+def fake_openvino(devices, props):
+    m = types.ModuleType("openvino")
+    m.compiled = []
+
+    class Hint:
+        def __init__(self, name):
+            self.name = name
+
+        def get_type_name(self):
+            return self.name
+
+    class Compiled:
+        def __init__(self, device, config):
+            self.device, self.config = device, config
+
+        def get_property(self, key):
+            if key not in props.get(self.device.split(".")[0], ()):
+                raise RuntimeError(f"{self.device} has no property {key}")
+            return Hint(self.config.get("INFERENCE_PRECISION_HINT", "f16"))
+
+        def create_infer_request(self):
+            out = types.SimpleNamespace(data=np.zeros((2, 10), np.float32))
+            return types.SimpleNamespace(infer=lambda inputs: None, get_output_tensor=lambda i: out)
+
+    class Core:
+        available_devices = devices
+
+        def get_property(self, device, key):
+            assert key == "SUPPORTED_PROPERTIES"
+            return props.get(device.split(".")[0], ())
+
+        def compile_model(self, path, device, config):
+            c = Compiled(device, dict(config))
+            m.compiled.append(c)
+            return c
+
+    m.Core = Core
+    return m
+
+
+FULL = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS")
+
+
+def test_openvino_fake_every_device_is_its_own_lowercase_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", fake_openvino(["CPU", "GPU.0", "GPU.1", "NPU"], {}))
+    from agent.backends.openvino import OpenVinoBackend
+    assert OpenVinoBackend().probe().devices == ("cpu", "gpu.0", "gpu.1", "npu")
+
+
+@pytest.mark.parametrize("device, threads, dtype, hint", [
+    ("cpu", "3", "fp32", "f32"),            # fp32 pinned to f32; threads only on the CPU
+    ("gpu.1", None, "fp32", "f32"),         # the GPU plugin's default would be f16
+    ("npu", None, "fp16", None),            # the NPU takes no precision hint and computes fp16
+])
+def test_openvino_fake_device_config(monkeypatch, device, threads, dtype, hint):
+    ov = fake_openvino(["CPU", "GPU.1", "NPU"], {"CPU": FULL, "GPU": FULL[:3], "NPU": ("PERFORMANCE_HINT",)})
+    monkeypatch.setitem(sys.modules, "openvino", ov)
+    from agent.backends.openvino import OpenVinoBackend
+    engine = OpenVinoBackend().load(Artifact([__file__], dtype="fp32"), job("openvino", device), threads=3)
+    cfg = ov.compiled[-1].config
+    assert ov.compiled[-1].device == device.upper()
+    assert cfg.get("INFERENCE_NUM_THREADS") == threads and cfg.get("INFERENCE_PRECISION_HINT") == hint
+    assert engine.dtype == dtype and engine.threads == (3 if device == "cpu" else None)
+    assert engine.run(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 10)

@@ -1,0 +1,219 @@
+"""The TensorRT backend's logic against FAKES (a fake `tensorrt` module, fake NVML, fake device memory):
+cache keys, probe reasons, checks, the build (profile, timing cache, strong typing), the engine cache,
+and a synchronous run. Plus the real thing on this machine: a tensorrt job is `unsupported`, fast."""
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.backends import tensorrt as trt_backend
+from agent.backends.base import Artifact, ExportContext
+from shared.job import Job
+from shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
+from tests.fixtures.fake_gpu import MB, FakeDeviceMemory, FakeGpu, FakeProc, fake_logits, fake_pynvml, fake_tensorrt
+
+H200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
+SPEC = ModelSpec(name="m", source="timm:test_resnet", num_classes=10, input_size=(3, 32, 32))
+QUICK = MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_s=1)
+
+
+def job(device="cuda", method="none", bs=8, **kw):
+    return Job(sweep="t", model=kw.pop("model", SPEC), dataset=DatasetSpec(kind="synthetic", limit=16),
+               compression=CompressionSpec.parse(method), backend="tensorrt", device=device, batch_size=bs,
+               measure=QUICK, **kw)
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    """Fake tensorrt + fake NVML with one GPU on which this process holds 512 MB."""
+    trt = fake_tensorrt()
+    nvml = fake_pynvml([FakeGpu(name="NVIDIA H200", procs=[FakeProc(os.getpid(), 512 * MB)])])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(trt_backend, "_select_cuda_device", lambda index: None)
+    return trt, nvml
+
+
+# ---------------------------------------------------------------- engine cache key
+
+
+def test_engine_cache_key_changes_with_everything_an_engine_depends_on():
+    base = trt_backend.engine_cache_key("abc123", H200, "11.1.0", "575.57")
+    assert base == trt_backend.engine_cache_key("abc123", dict(H200), "11.1.0", "575.57")   # stable
+    assert base.startswith("abc123-NVIDIA-H200-trt11.1.0-")
+    variants = [trt_backend.engine_cache_key("abc124", H200, "11.1.0", "575.57"),
+                trt_backend.engine_cache_key("abc123", {**H200, "name": "NVIDIA L4"}, "11.1.0", "575.57"),
+                trt_backend.engine_cache_key("abc123", {**H200, "compute_capability": "8.9"}, "11.1.0", "575.57"),
+                trt_backend.engine_cache_key("abc123", H200, "10.13.0", "575.57"),
+                trt_backend.engine_cache_key("abc123", H200, "11.1.0", "580.01")]
+    assert len({base, *variants}) == 6
+    assert trt_backend.engine_cache_key("j", "NVIDIA L4", "11", None).startswith("j-NVIDIA-L4-trt11-")
+
+
+def test_timing_cache_path_names_gpu_cc_and_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    p = trt_backend.timing_cache_path(H200, "11.1.0")
+    assert p == tmp_path / "tensorrt" / "timing-NVIDIA-H200-9.0-11.1.0.cache"
+
+
+# ---------------------------------------------------------------- probe and check
+
+
+def test_probe_fake_no_gpu_says_so_and_that_tensorrt_is_missing_too(monkeypatch):
+    monkeypatch.setattr(trt_backend, "nvidia_gpus", lambda: ([], None, "no NVIDIA GPU found (NVML: fake)"))
+    monkeypatch.setattr(trt_backend, "_installed", lambda: False)
+    a = trt_backend.TensorRTBackend().probe()
+    assert not a.available and a.reason.startswith("tensorrt: no NVIDIA GPU found (NVML: fake)")
+    assert "not installed" in a.reason and "fleetbench[nvidia]" in a.reason
+
+
+def test_probe_fake_gpu_without_tensorrt_gives_the_install_command(monkeypatch):
+    monkeypatch.setattr(trt_backend, "nvidia_gpus", lambda: ([H200], "575", None))
+    monkeypatch.setattr(trt_backend, "_installed", lambda: False)
+    a = trt_backend.TensorRTBackend().probe()
+    assert not a.available and a.reason == "tensorrt: not installed; pip install 'fleetbench[nvidia]'"
+
+
+def test_probe_fake_two_gpus_are_two_devices(monkeypatch):
+    monkeypatch.setattr(trt_backend, "nvidia_gpus", lambda: ([H200, H200], "575", None))
+    monkeypatch.setattr(trt_backend, "_installed", lambda: True)
+    assert trt_backend.TensorRTBackend().probe().devices == ("cuda", "cuda:1")
+
+
+@pytest.mark.parametrize("device, method, words", [
+    ("cpu", "none", "no device 'cpu'"),
+    ("tensorrt-ep", "none", "no device"),
+    ("cuda", "int8-dynamic", "no dynamic quantization"),
+    ("cuda", "bf16", "bf16"),
+])
+def test_check_refuses_what_tensorrt_cannot_do(device, method, words):
+    assert words in trt_backend.TensorRTBackend().check(job(device, method))
+
+
+@pytest.mark.parametrize("device, method", [("cuda", "none"), ("cuda:1", "fp16"), ("cuda", "int8-static"),
+                                            ("cuda", "prune-50")])
+def test_check_accepts_graph_precisions(device, method):
+    assert trt_backend.TensorRTBackend().check(job(device, method)) is None
+
+
+# ---------------------------------------------------------------- build
+
+
+def test_build_engine_fake_tensorrt_profile_and_persistent_timing_cache(fakes, tmp_path):
+    trt, _ = fakes
+    cache = tmp_path / "timing.cache"
+    blob = trt_backend.build_engine(trt, tmp_path / "m.onnx", (8, 3, 32, 32), cache)
+    assert blob == b"FAKEPLAN:8,3,32,32"
+    cfg = trt.configs[-1]
+    assert cfg.profiles[0].shapes["input"] == ((8, 3, 32, 32),) * 3     # dynamic batch pinned at the job's
+    assert cfg.cache_seen == b"" and cache.read_bytes() == b"+timed"    # new cache, saved after the build
+    trt_backend.build_engine(trt, tmp_path / "m.onnx", (8, 3, 32, 32), cache)
+    assert trt.configs[-1].cache_seen == b"+timed"                      # the next build starts from it
+    assert trt.networks[-1].flags == 0                                  # TensorRT 11: always strongly typed
+
+
+def test_build_engine_fake_tensorrt_10_asks_for_strong_typing(monkeypatch, tmp_path):
+    trt = fake_tensorrt(version="10.13.0", input_shape=(1, 3, 32, 32))
+    trt_backend.build_engine(trt, tmp_path / "m.onnx", (1, 3, 32, 32), tmp_path / "t.cache")
+    assert trt.networks[-1].flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert trt.configs[-1].profiles == []                               # static shapes need no profile
+
+
+def test_build_engine_fake_parse_error_is_reported(tmp_path):
+    trt = fake_tensorrt(parse_ok=False)
+    with pytest.raises(RuntimeError, match="could not parse m.onnx: In node 3"):
+        trt_backend.build_engine(trt, tmp_path / "m.onnx", (8, 3, 32, 32), tmp_path / "t.cache")
+
+
+# ---------------------------------------------------------------- export: engine cache
+
+
+def _ctx(tmp_path, j, name="w1"):
+    onnx = tmp_path / "src.onnx"
+    onnx.write_bytes(b"fake onnx")
+    return ExportContext(job=j, model=None, example=np.zeros((j.batch_size, 3, 32, 32), np.float32),
+                         workdir=tmp_path / name, calib_x=np.zeros((4, 3, 32, 32), np.float32), onnx_source=onnx)
+
+
+def test_export_fake_tensorrt_builds_once_then_hits_the_engine_cache(fakes, tmp_path, monkeypatch):
+    trt, _ = fakes
+    monkeypatch.setattr(trt_backend, "onnx_for", lambda ctx: (ctx.onnx_source, "fp16"))
+    be, j = trt_backend.TensorRTBackend(), job(bs=8)
+    first = be.export(_ctx(tmp_path, j, "w1"))
+    assert trt.built == 1 and first.meta["cache_hit"] is False and first.dtype == "fp16"
+    assert first.files == [tmp_path / "w1" / "model.engine"] and first.main.read_bytes() == b"FAKEPLAN:8,3,32,32"
+    assert first.meta["gpu"] == "NVIDIA H200" and first.meta["compute_capability"] == "9.0"
+    assert first.meta["tensorrt"] == "11.1.0" and first.meta["driver"] == "575.57.08"
+    assert first.meta["engine_key"] == trt_backend.engine_cache_key(j.job_id, H200, "11.1.0", "575.57.08")
+    second = be.export(_ctx(tmp_path, j, "w2"))
+    assert trt.built == 1 and second.meta["cache_hit"] is True                  # no second build
+    assert second.main.read_bytes() == first.main.read_bytes()
+    be.export(_ctx(tmp_path, job(bs=1), "w3"))
+    assert trt.built == 2                                                       # another job: another engine
+
+
+def test_onnx_for_without_the_compression_package_uses_the_fp32_export(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "agent.compress.onnx_variants", None)      # as if not there
+    ctx = _ctx(tmp_path, job())
+    assert trt_backend.onnx_for(ctx) == (ctx.onnx_source, "fp32")
+    from shared.errors import Unsupported
+    with pytest.raises(Unsupported, match="ONNX variants"):
+        trt_backend.onnx_for(_ctx(tmp_path, job(method="fp16")))
+
+
+# ---------------------------------------------------------------- load and run
+
+
+def test_load_fake_tensorrt_runs_synchronously_with_device_io_and_nvml_vram(fakes, tmp_path):
+    trt, nvml = fakes
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(b"FAKEPLAN:8,3,32,32")
+    memory = FakeDeviceMemory(trt)
+    engine = trt_backend.TensorRTBackend().load(Artifact([plan], dtype="fp32", meta={"gpu": "NVIDIA H200"}),
+                                                job(bs=8), threads=2, memory=memory)
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    y = engine.run(x)
+    assert y.dtype == np.float32 and y.shape == (8, 10)
+    np.testing.assert_allclose(y, fake_logits(x, 10), rtol=1e-6)
+    assert memory.log == ["upload", "synchronize", "download"]                 # execute is inside, then sync
+    assert ("execute", memory.stream_handle) in trt.log
+    assert engine.dtype == "fp32" and engine.provider == "tensorrt-11.1.0:cuda" and engine.threads is None
+
+    device_run = engine.prepare_device_run(x)                                   # device-resident: no copies
+    memory.log.clear()
+    device_run()
+    device_run()
+    assert memory.log == ["synchronize", "synchronize"]
+
+    assert engine.vram_source == "nvml-process" and engine.vram() == pytest.approx(512)
+    assert any("NVIDIA H200" in n for n in engine.notes())
+    engine.close()
+    assert memory.log[-1] == "release" and nvml.calls["init"] == nvml.calls["shutdown"]
+
+
+def test_load_fake_tensorrt_rejects_a_foreign_engine(fakes, tmp_path):
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(b"not a plan for this GPU")
+    with pytest.raises(RuntimeError, match="deserialise"):
+        trt_backend.TensorRTBackend().load(Artifact([plan]), job(), 1, memory=FakeDeviceMemory())
+
+
+# ---------------------------------------------------------------- the real machine: no GPU here
+
+
+def test_tensorrt_job_on_this_machine_is_unsupported_quickly():
+    from agent.gpu import nvidia_gpus
+    if nvidia_gpus()[0] and trt_backend._installed():
+        pytest.skip("this machine has an NVIDIA GPU and TensorRT: scripts/gpu-check.sh covers it")
+    from agent.runner import run_job
+    spec = ModelSpec(name="digits", source="timm:test_resnet", num_classes=10, input_size=(3, 32, 32),
+                     checkpoint=str(Path(__file__).resolve().parents[2] / "examples/digits/model.safetensors"))
+    t = time.perf_counter()
+    r = run_job(job(model=spec))
+    assert time.perf_counter() - t < 30
+    assert r.status == "unsupported", r.error
+    assert r.error.startswith("tensorrt: ") and ("no NVIDIA GPU" in r.error or "not installed" in r.error)
