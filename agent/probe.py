@@ -45,13 +45,17 @@ def versions() -> dict[str, Optional[str]]:
 
 
 def detect_kinds(cpu_model: str, gpus: list, label: Optional[str]) -> list[str]:
-    """cpu always; nvidia with an NVIDIA GPU; intel on an Intel CPU. A `fleet.kind` label adds kinds."""
+    """cpu always; nvidia with an NVIDIA GPU; intel on an Intel CPU. A `fleet.kind` label adds kinds.
+
+    deploy/start-node.sh writes several kinds joined by '-' (`cpu-intel`: Ray label values cannot
+    hold ',' or '+'); ',' and '+' are accepted too, for labels set by hand.
+    """
     kinds = ["cpu"]
     if gpus:
         kinds.append("nvidia")
     if "intel" in cpu_model.lower():
         kinds.append("intel")
-    for k in (label or "").replace("+", ",").split(","):
+    for k in (label or "").replace("+", ",").replace("-", ",").split(","):
         if k.strip() and k.strip() not in kinds:
             kinds.append(k.strip())
     return kinds

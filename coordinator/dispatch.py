@@ -3,8 +3,16 @@
 Each job is a streaming-generator task pinned to its node, in a fresh worker process
 (`max_calls=1`), holding the node's one benchmark slot. It yields ("stage", name) as each stage
 begins and ("result", Result) at the end, so when a worker dies the coordinator still knows the
-stage. Every wait is bounded: a job that outlives its timeout is cancelled, and the jobs of a node
-that left the cluster are failed, so each planned job ends with exactly one row.
+stage.
+
+The coordinator keeps its own queue per node and hands Ray at most `IN_FLIGHT_PER_NODE` jobs of a
+node at a time (one running, the next waiting for the slot so it starts without a round trip).
+So Ray holds a few tasks, not the whole sweep, and the jobs of a node that leaves are failed here.
+
+Every wait is bounded: a job that outlives its timeout (counted from when it had its node to
+itself) is cancelled, and the jobs of a node that left the cluster are failed, so each planned job
+ends with exactly one row. A job is never retried on another node: its job_id names its node, and
+another machine is other hardware (docs/fleet.md).
 """
 from __future__ import annotations
 
@@ -12,10 +20,12 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import ray
+from ray.exceptions import NodeDiedError, TaskUnschedulableError
 
 from coordinator.cluster import alive_nodes, node_options
 from shared.errors import one_line
@@ -24,6 +34,9 @@ from shared.job import Job, Result
 log = logging.getLogger(__name__)
 POLL_S = 0.5
 LIVENESS_EVERY_S = 2.0
+IN_FLIGHT_PER_NODE = 2
+# A hard-pinned task fails with one of these when its node is gone (the second also if it never fits there).
+NODE_GONE = (NodeDiedError, TaskUnschedulableError)
 
 
 @ray.remote(max_calls=1, max_retries=0)
@@ -49,33 +62,43 @@ def agent_task(job: Job, weights: Optional[bytes]):
 @dataclass
 class _Running:
     job: Job
+    clock: Optional[float] = None     # when it had its node to itself: its timeout counts from here
     stage: Optional[str] = None
-    started: Optional[float] = None
+    started: Optional[float] = None                        # first stage event: the worker is up
 
 
 def failed(job: Job, stage: Optional[str], error: str) -> Result:
     return Result.for_job(job, status="failed", stage=stage or "load", error=error)
 
 
+def never_started(job: Job, error: str) -> Result:
+    """A job that never reached a stage: failed, with no stage."""
+    return Result.for_job(job, status="failed", stage=None, error=error)
+
+
 class Dispatcher:
     """Submits jobs and calls `on_result` once per job, from the calling thread, as rows arrive."""
 
     def __init__(self, on_result: Callable[[Result], None],
-                 on_stage: Optional[Callable[[Job, str], None]] = None):
+                 on_stage: Optional[Callable[[Job, str], None]] = None,
+                 in_flight_per_node: int = IN_FLIGHT_PER_NODE):
         self.on_result = on_result
         self.on_stage = on_stage or (lambda job, name: None)
-        self.running: dict = {}   # generator -> _Running
+        self.per_node = max(1, in_flight_per_node)
+        self.running: dict = {}                                  # generator -> _Running
+        self.pending: dict[str, deque] = defaultdict(deque)      # node_id -> jobs not yet handed to Ray
+        self.in_flight: Counter = Counter()                      # node_id -> generators in self.running
+        self.gone: dict[str, str] = {}                           # node_id -> node_key of a node that left
+        self.nodes: dict[str, dict] = {}
+        self.weights: dict[str, "ray.ObjectRef"] = {}
 
     def submit(self, jobs: list[Job], weights: dict[str, "ray.ObjectRef"]) -> None:
-        nodes = {n["NodeID"]: n for n in alive_nodes()}
+        self.weights.update(weights)
+        self.nodes.update({n["NodeID"]: n for n in alive_nodes()})
         for job in jobs:
-            node = nodes.get(job.node_id)
-            if node is None:
-                self._finish(_Running(job), failed(job, None, f"node {job.node_key} left the cluster before the job started"))
-                continue
-            gen = agent_task.options(num_returns="streaming", **node_options(node)).remote(
-                job, weights.get(job.model.name))
-            self.running[gen] = _Running(job)
+            self.pending[job.node_id].append(job)
+        for node_id in list(self.pending):
+            self._fill(node_id)
 
     def drain(self) -> None:
         """Wait for every submitted job; returns when each has given exactly one row."""
@@ -83,47 +106,118 @@ class Dispatcher:
         while self.running:
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_S)
             for gen in ready:
-                self._step(gen)
+                if gen in self.running:   # a node's loss may have finished it meanwhile
+                    self._step(gen)
             if time.monotonic() - last_check >= LIVENESS_EVERY_S:
-                self._check_timeouts_and_nodes()
+                self._check_nodes_and_timeouts()
                 last_check = time.monotonic()
+
+    # -- per node queues ---------------------------------------------------------------------
+
+    def _fill(self, node_id: str) -> None:
+        """Hand Ray the node's next jobs, up to the in-flight limit."""
+        jobs = self.pending.get(node_id)
+        if jobs and (node_id in self.gone or node_id not in self.nodes):
+            self._node_gone(node_id, jobs[0].node_key)
+            return
+        while jobs and self.in_flight[node_id] < self.per_node:
+            job = jobs.popleft()
+            gen = agent_task.options(num_returns="streaming", **node_options(self.nodes[node_id])).remote(
+                job, self.weights.get(job.model.name))
+            alone = self.in_flight[node_id] == 0
+            self.running[gen] = _Running(job, clock=time.monotonic() if alone else None)
+            self.in_flight[node_id] += 1
+        if jobs is not None and not jobs:
+            self.pending.pop(node_id, None)
+
+    def _finish(self, gen, result: Result) -> None:
+        state = self.running.pop(gen)
+        node_id = state.job.node_id
+        self.in_flight[node_id] -= 1
+        now = time.monotonic()
+        for other in self.running.values():   # the next job has the node now: its clock starts
+            if other.job.node_id == node_id and other.clock is None:
+                other.clock = now
+                break
+        self.on_result(result)
+        self._fill(node_id)
+
+    # -- events --------------------------------------------------------------------------------
 
     def _step(self, gen) -> None:
         state = self.running[gen]
         try:
             kind, value = ray.get(next(gen))
         except StopIteration:
-            self._finish(state, failed(state.job, state.stage, "agent ended without a result"), gen)
+            self._finish(gen, failed(state.job, state.stage, "agent ended without a result"))
+            return
+        except NODE_GONE as e:
+            node_id = state.job.node_id
+            if isinstance(e, NodeDiedError) or node_id not in {n["NodeID"] for n in alive_nodes()}:
+                self._node_gone(node_id, state.job.node_key)
+            else:   # unschedulable on a node that is still there
+                self._finish(gen, never_started(state.job, f"task failed: {one_line(e)}"))
             return
         except Exception as e:  # the worker died (segfault, OOM kill) or the task errored in Ray
-            what = "worker process died" if "died" in str(e).lower() or "crash" in type(e).__name__.lower() else "task failed"
-            self._finish(state, failed(state.job, state.stage, f"{what}: {one_line(e)}"), gen)
+            self._finish(gen, failed(state.job, state.stage, _why(e)))
             return
         if kind == "stage":
             state.stage = value
             state.started = state.started or time.monotonic()
             self.on_stage(state.job, value)
         else:
-            self._finish(state, value, gen)
+            self._finish(gen, value)
 
-    def _finish(self, state: _Running, result: Result, gen=None) -> None:
-        if gen is not None:
-            self.running.pop(gen, None)
-        self.on_result(result)
+    def _node_gone(self, node_id: str, node_key: str) -> None:
+        """Fail every unfinished job of a node that left: running ones with their stage, queued ones without."""
+        if node_id not in self.gone:
+            log.warning("node %s (%s) left the cluster; its unfinished jobs fail", node_key, node_id[:12])
+        self.gone[node_id] = node_key
+        for job in self.pending.pop(node_id, ()):
+            self.on_result(never_started(job, f"node {node_key} left the cluster before the job started"))
+        for gen in [g for g, s in self.running.items() if s.job.node_id == node_id]:
+            state = self.running[gen]
+            _cancel(gen, state.job)
+            if state.started is None:
+                row = never_started(state.job, f"node {node_key} left the cluster before the job started")
+            else:
+                row = failed(state.job, state.stage,
+                             f"node {node_key} left the cluster during the sweep (in stage {state.stage})")
+            self._finish(gen, row)
 
-    def _check_timeouts_and_nodes(self) -> None:
+    def _check_nodes_and_timeouts(self) -> None:
         alive = {n["NodeID"] for n in alive_nodes()}
+        for node_id in {s.job.node_id for s in self.running.values()} - alive:
+            key = next(s.job.node_key for s in self.running.values() if s.job.node_id == node_id)
+            self._node_gone(node_id, key)
+        for node_id in set(self.pending) - alive:
+            if self.pending.get(node_id):
+                self._node_gone(node_id, self.pending[node_id][0].node_key)
         now = time.monotonic()
         for gen, state in list(self.running.items()):
             job = state.job
-            if job.node_id not in alive:
-                error = f"node {job.node_key} left the cluster during the sweep (stage {state.stage or 'queued'})"
-            elif state.started is not None and now - state.started > job.timeout_s:
-                error = f"timed out after {job.timeout_s:g} s in stage {state.stage}"
-            else:
+            since = state.started or state.clock
+            if since is None or now - since <= job.timeout_s:   # None: still waiting behind another job
                 continue
-            try:
-                ray.cancel(gen, force=True)
-            except Exception as e:  # already gone
-                log.debug("cancel %s: %s", job.describe(), e)
-            self._finish(state, failed(job, state.stage, error), gen)
+            _cancel(gen, job)
+            if state.started is None:
+                self._finish(gen, never_started(job, f"the job's worker did not start within {job.timeout_s:g} s"))
+            else:
+                self._finish(gen, failed(job, state.stage, f"timed out after {job.timeout_s:g} s in stage {state.stage}"))
+
+
+def _cancel(gen, job: Job) -> None:
+    try:
+        ray.cancel(gen, force=True)
+    except Exception as e:  # already gone
+        log.debug("cancel %s: %s", job.describe(), e)
+
+
+def _why(e: Exception) -> str:
+    """One line for a task that ended without its row."""
+    from ray.exceptions import OutOfMemoryError, WorkerCrashedError
+    if isinstance(e, OutOfMemoryError):
+        return f"worker killed for lack of memory: {one_line(e, 300)}"
+    if isinstance(e, WorkerCrashedError) or "died" in str(e).lower():
+        return f"worker process died (segfault, kill or out-of-memory): {one_line(e, 300)}"
+    return f"task failed: {one_line(e)}"

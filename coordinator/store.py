@@ -31,6 +31,8 @@ PathLike = Union[str, Path]
 
 _SQL_TYPES = {float: "DOUBLE", int: "BIGINT", bool: "BOOLEAN", str: "VARCHAR"}
 _TIMESTAMP_COLUMNS = frozenset({"started_at", "finished_at"})
+_INSERT_RESULT = (f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in RESULT_COLUMNS)})")
 _RESULT_KEY = ("run_id", "job_id")
 
 
@@ -272,10 +274,16 @@ class Store:
                 row[name] = _to_timestamp(row.get(name))
             except ValueError as exc:
                 raise StoreError(f"result {result.job_id}: {name}: {exc}") from exc
-        cols = list(RESULT_COLUMNS)
-        sql = (f"INSERT OR REPLACE INTO results ({', '.join(cols)}) "
-               f"VALUES ({', '.join('?' for _ in cols)})")
-        self._execute(sql, [row[c] for c in cols])   # autocommit: one transaction per row
+        values = [row[c] for c in RESULT_COLUMNS]
+        if self._con is None:
+            raise StoreError(f"{self.path}: store is closed")
+        with self._lock:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
+            try:
+                self._con.execute(_INSERT_RESULT, values)   # autocommit: one transaction per row
+                return
+            except duckdb.ConstraintException:
+                pass
+        self._execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), values)
 
     def done_job_ids(self, run_id: str) -> set[str]:
         """Job ids with status 'ok' in `run_id` (what a resumed run can skip)."""

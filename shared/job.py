@@ -81,6 +81,7 @@ class Result:
     latency_std_ms: Optional[float] = None
     latency_min_ms: Optional[float] = None
     first_ms: Optional[float] = None
+    latency_device_p50_ms: Optional[float] = None   # GPU engines: inputs already on the device, no copies
     iterations: Optional[int] = None
     measure_s: Optional[float] = None
     throughput_ips: Optional[float] = None

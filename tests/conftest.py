@@ -31,4 +31,4 @@ def demo_model_spec():
 @pytest.fixture
 def quick_measure():
     from shared.sweep import MeasureSpec
-    return MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_s=1)
+    return MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_s=10)

@@ -17,6 +17,7 @@ from shared.job import Job
 class NullBackend:
     name = "null"
     needs_model = False
+    cacheable = False   # engine cache: nothing worth keeping
 
     def probe(self) -> Availability:
         return Availability(True, devices=("cpu",))

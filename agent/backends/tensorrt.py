@@ -65,6 +65,7 @@ def cuda_device_names(n: int) -> tuple[str, ...]:
 
 class TensorRTBackend:
     name = "tensorrt"
+    cacheable = False   # engines are cached by engine_cache_key (GPU, compute capability, TensorRT, driver)
 
     def probe(self) -> Availability:
         try:

@@ -1,0 +1,111 @@
+"""The per-node engine cache (agent/cache.py), without Ray: keys, entries, and run_job skipping the export."""
+import json
+
+import pytest
+
+from agent import cache
+from agent.backends.base import Artifact
+from agent.runner import run_job
+from shared.job import Job
+from shared.sweep import CompressionSpec, DatasetSpec
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "engines"
+
+
+def make_job(model, measure, backend="onnxruntime", batch_size=1, node_key="local"):
+    return Job(sweep="t", model=model, dataset=DatasetSpec(kind="digits", limit=32),
+               compression=CompressionSpec(method="none"), backend=backend, device="cpu",
+               batch_size=batch_size, measure=measure, node_key=node_key)
+
+
+class Files:
+    name = "files"
+
+
+class Live:
+    name = "live"
+    cacheable = False
+
+
+def write(path, data=b"x" * 10):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_store_then_lookup_keeps_files_layout_dtype_and_meta(cache_dir, tmp_path, demo_model_spec, quick_measure):
+    job = make_job(demo_model_spec, quick_measure)
+    work = tmp_path / "work"
+    files = [write(work / "onnx" / "model.onnx"), write(work / "onnx" / "model.onnx.data", b"w" * 99)]
+    assert cache.lookup(job, Files()) is None
+    entry = cache.store(job, Files(), Artifact(files, dtype="fp16", meta={"compute_dtype": "fp16"}), work)
+    assert entry is not None and entry.parent == cache_dir
+    hit = cache.lookup(job, Files())
+    assert [p.relative_to(entry).as_posix() for p in hit.files] == ["onnx/model.onnx", "onnx/model.onnx.data"]
+    assert hit.main.read_bytes() == b"x" * 10 and hit.files[1].stat().st_size == 99
+    assert (hit.dtype, hit.meta) == ("fp16", {"compute_dtype": "fp16"})
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["job_id"] == job.job_id and manifest["fingerprint"]["versions"]["python"]
+    # another job (other batch size, other node) is another entry
+    assert cache.lookup(make_job(demo_model_spec, quick_measure, batch_size=8), Files()) is None
+    assert cache.lookup(make_job(demo_model_spec, quick_measure, node_key="other"), Files()) is None
+
+
+def test_the_key_covers_hardware_and_library_versions(cache_dir, demo_model_spec, quick_measure):
+    job = make_job(demo_model_spec, quick_measure)
+    fp = cache.fingerprint()
+    assert {"cpu", "isa", "gpus", "driver", "versions"} <= set(fp)
+    keys = {cache.cache_key(job, fp),
+            cache.cache_key(job, {**fp, "driver": "999.1"}),
+            cache.cache_key(job, {**fp, "gpus": ["NVIDIA H100"]}),
+            cache.cache_key(job, {**fp, "cpu": "Other CPU"}),
+            cache.cache_key(job, {**fp, "versions": {**fp["versions"], "onnxruntime": "0.0.1"}})}
+    assert len(keys) == 5
+    assert cache.cache_key(job) == cache.cache_key(job, fp)
+    from agent.backends import get
+    ts, ort = get("torchscript"), get("onnxruntime")   # the exporter's own source is in the key too
+    assert cache.cache_key(job, fp, ts) != cache.cache_key(job, fp, ort) != cache.cache_key(job, fp)
+
+
+def test_live_objects_and_uncacheable_backends_are_not_cached(cache_dir, tmp_path, demo_model_spec, quick_measure):
+    job = make_job(demo_model_spec, quick_measure)
+    f = write(tmp_path / "w" / "model.bin")
+    assert cache.store(job, Files(), Artifact([f], meta={"module": object()}), tmp_path / "w") is None
+    assert cache.store(job, Live(), Artifact([f]), tmp_path / "w") is None
+    assert cache.lookup(job, Live()) is None
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_a_damaged_entry_is_a_miss_and_is_replaced(cache_dir, tmp_path, demo_model_spec, quick_measure):
+    job = make_job(demo_model_spec, quick_measure)
+    f = write(tmp_path / "w" / "model.bin")
+    entry = cache.store(job, Files(), Artifact([f]), tmp_path / "w")
+    (entry / "model.bin").write_bytes(b"short")
+    assert cache.lookup(job, Files()) is None
+    (entry / "manifest.json").unlink()
+    assert cache.lookup(job, Files()) is None
+    assert cache.store(job, Files(), Artifact([f]), tmp_path / "w") == entry
+    assert cache.lookup(job, Files()).main.read_bytes() == b"x" * 10
+
+
+def test_an_identical_second_job_skips_the_export(cache_dir, demo_model_spec, quick_measure):
+    job = make_job(demo_model_spec, quick_measure, backend="onnxruntime")
+    first, second = run_job(job), run_job(job)
+    assert first.status == second.status == "ok", (first.error, second.error)
+    assert first.cache_hit is False and first.export_s > 0
+    assert second.cache_hit is True and second.export_s == 0.0
+    assert second.build_s > 0                       # loading the cached engine is still timed, honestly
+    assert second.size_mb == pytest.approx(first.size_mb)
+    assert second.top1_agreement >= 0.99 and second.latency_p50_ms > 0
+    assert len(list(cache_dir.iterdir())) == 1
+
+
+def test_pytorch_eager_is_never_cached(cache_dir, demo_model_spec, quick_measure):
+    r = run_job(make_job(demo_model_spec, quick_measure, backend="pytorch"))
+    assert r.status == "ok", r.error
+    assert r.cache_hit is None and r.export_s > 0
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
