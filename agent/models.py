@@ -98,9 +98,12 @@ def reinit_zeroed(model) -> list[str]:
 
 def load_model(spec: ModelSpec, checkpoint: Optional[Path] = None) -> tuple[Any, list[str]]:
     """The fp32 eval-mode network with its weights, and notes for the result row."""
+    path = checkpoint or (Path(spec.checkpoint) if spec.checkpoint else None)
+    if path is None and not spec.pretrained:
+        import torch
+        torch.manual_seed(0)   # no weights: the same random network in every job, so rows compare
     model = build_module(spec)
     notes: list[str] = []
-    path = checkpoint or (Path(spec.checkpoint) if spec.checkpoint else None)
     if path is not None:
         state = read_state_dict(path)
         try:

@@ -99,6 +99,8 @@ class CompressionSpec(_Strict):
             raise ValueError(f"{self.method} needs {need}")
         if given - {need} - {None}:
             raise ValueError(f"{self.method} does not take {', '.join(sorted(given - {need}))}")
+        if self.layers != "all" and need is None:
+            raise ValueError(f"{self.method} does not take layers (only prune, prune-channels and cluster do)")
         if self.percent is not None and not 0 < self.percent < 100:
             raise ValueError(f"percent must be in (0, 100), got {self.percent:g}")
         if self.clusters is not None and not 2 <= self.clusters <= 65536:

@@ -1,6 +1,7 @@
 """Helpers shared by the PyTorch-based backends (eager and TorchScript)."""
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import numpy as np
@@ -21,7 +22,7 @@ def torch_devices() -> tuple[str, ...]:
 def check_torch_job(job: Job, name: str) -> Optional[str]:
     if job.model.scheme == "onnx":
         return f"{name}: an onnx: model has no PyTorch module to run"
-    if job.device not in ("cpu",) and not job.device.startswith("cuda"):
+    if job.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", job.device):
         return f"{name}: no device {job.device!r} (valid: cpu, cuda[:N])"
     return None
 
@@ -38,13 +39,56 @@ def make_runner(fn, device: str):
     dev = torch.device(device)
     dtype = next((p.dtype for p in getattr(fn, "parameters", lambda: iter(()))()), torch.float32)
 
+    in_dtype = dtype if dtype.is_floating_point else torch.float32
+
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            t = torch.from_numpy(x).to(dev, dtype=dtype if dtype.is_floating_point else torch.float32)
+            t = torch.from_numpy(x).to(dev, dtype=in_dtype)
             out = fn(t)
-            return out.float().cpu().numpy()   # .cpu() waits for the device: the call is synchronous
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)    # every stream, not only the one .cpu() waits on
+            return out.float().cpu().numpy()
 
+    def prepare_device_run(x: np.ndarray):
+        """Input uploaded once; the returned call runs on it and synchronises (no host copies)."""
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(dev, dtype=in_dtype)
+        torch.cuda.synchronize(dev)
+
+        def device_run() -> None:
+            with torch.inference_mode():
+                fn(t)
+            torch.cuda.synchronize(dev)
+
+        return device_run
+
+    run.prepare_device_run = prepare_device_run if dev.type == "cuda" else None
     return run
+
+
+def with_cuda_extras(engine, device: str):
+    """On a CUDA device: device-resident timing and NVML per-process VRAM for a torch engine.
+
+    The row's vram_peak_mb stays torch.cuda.max_memory_allocated (the allocator's view); NVML's view of the
+    whole process (CUDA context and allocator pools included) goes into a note."""
+    if not device.startswith("cuda"):
+        return engine
+    from agent.gpu import ProcessVram, device_index
+    nvml = ProcessVram(index=device_index(device)).start()
+    engine.prepare_device_run = getattr(engine.run, "prepare_device_run", None)
+    close = engine.close
+
+    def notes() -> list[str]:
+        peak = nvml.peak()
+        return [f"NVML process VRAM peak {peak:.1f} MB (vram_peak_mb is torch.cuda.max_memory_allocated)"
+                if peak is not None else f"NVML process VRAM: {nvml.reason}"]
+
+    def close_all() -> None:
+        nvml.close()
+        close()
+
+    engine.notes, engine.close = notes, close_all
+    return engine
 
 
 def cuda_vram(device: str):

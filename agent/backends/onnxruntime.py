@@ -35,8 +35,13 @@ class OnnxRuntimeBackend:
         return None
 
     def export(self, ctx: ExportContext) -> Artifact:
-        path = ctx.onnx()
-        return Artifact(onnx_files(path), dtype="fp32")
+        from agent.compress.onnx_variants import onnx_variant, ort_runtime_dtype
+        variant = onnx_variant(ctx)   # the graph the job's compression calls for (fp32, fp16, QDQ int8, dynamic int8)
+        dtype, notes = variant.dtype, list(variant.notes)
+        if ctx.job.device == "cpu":   # what the CPU provider really computes in; Unsupported if fp16 would run fp32
+            dtype, seen = ort_runtime_dtype(variant, [PROVIDERS["cpu"]])
+            notes += seen
+        return Artifact(variant.files, dtype=dtype, meta={"notes": notes})
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import onnxruntime as ort
@@ -46,10 +51,12 @@ class OnnxRuntimeBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")   # which EP ran each node
         provider = PROVIDERS[job.device]
-        sess = ort.InferenceSession(str(artifact.main), sess_options=opts,
-                                    providers=[provider, "CPUExecutionProvider"] if provider != PROVIDERS["cpu"]
-                                    else [provider])
+        if provider != PROVIDERS["cpu"]:
+            from agent.backends._ort_gpu import gpu_engine
+            return gpu_engine(ort, artifact, job, threads, opts, provider)
+        sess = ort.InferenceSession(str(artifact.main), sess_options=opts, providers=[provider])
         name = sess.get_inputs()[0].name
         used = sess.get_providers()[0]
 

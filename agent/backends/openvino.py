@@ -32,22 +32,27 @@ class OpenVinoBackend:
         import openvino as ov
         xml = ctx.workdir / "openvino" / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
-        model = ov.convert_model(str(ctx.onnx()))
+        from agent.compress.openvino_variants import openvino_variant
+        variant = openvino_variant(ctx)   # fp32 IR, fp16 weights, or NNCF int8, as the job's compression calls for
         # save_model compresses weights to fp16 by default: an fp32 artifact must stay fp32.
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-        return Artifact([xml, xml.with_suffix(".bin")], dtype="fp32")
+        ov.save_model(variant.model, str(xml), compress_to_fp16=variant.compress_to_fp16)
+        meta = {"notes": variant.notes}
+        if ctx.job.compression.method == "int8-static":   # int8 layers; the f32 hint pins the rest
+            meta["compute_dtype"] = variant.dtype
+        return Artifact([xml, xml.with_suffix(".bin")], dtype=variant.dtype, meta=meta)
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import openvino as ov
         core = ov.Core()
         device = job.device.upper()
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                  "INFERENCE_PRECISION_HINT": _hint(artifact.dtype)}
+        supported = _supported_properties(core, device)
+        config = {k: v for k, v in {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                                    "INFERENCE_PRECISION_HINT": _hint(artifact.dtype)}.items()
+                  if supported is None or k in supported}   # an NPU plugin may not take every property
         if device == "CPU":
             config["INFERENCE_NUM_THREADS"] = str(threads)
         compiled = core.compile_model(str(artifact.main), device, config)
-        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        real = OV_PRECISION.get(hint.get_type_name(), hint.get_type_name())
+        real = _compiled_precision(compiled, device, artifact.dtype)
         request = compiled.create_infer_request()
 
         def run(x: np.ndarray) -> np.ndarray:
@@ -56,6 +61,23 @@ class OpenVinoBackend:
 
         return Engine(run=run, dtype=artifact.meta.get("compute_dtype", real), threads=threads if device == "CPU" else None,
                       provider=f"openvino:{device}")
+
+
+def _supported_properties(core, device: str):
+    """The property names a device takes, or None when the plugin cannot say."""
+    try:
+        return set(map(str, core.get_property(device, "SUPPORTED_PROPERTIES")))
+    except Exception:
+        return None
+
+
+def _compiled_precision(compiled, device: str, fallback: str) -> str:
+    """The precision the compiled model really runs in (an NPU that does not report it computes fp16)."""
+    try:
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return OV_PRECISION.get(hint.get_type_name(), hint.get_type_name())
+    except Exception:
+        return "fp16" if device.startswith("NPU") else fallback
 
 
 def _hint(dtype: str) -> str:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-from agent.backends._torch_common import check_torch_job, cuda_vram, make_runner, set_threads, torch_devices
+from agent.backends._torch_common import (check_torch_job, cuda_vram, make_runner, set_threads, torch_devices,
+                                           with_cuda_extras)
 from agent.backends.base import Artifact, Availability, Engine, ExportContext
 from shared.job import Job
 
 
 class PytorchBackend:
     name = "pytorch"
+    cacheable = False   # engine cache: the artifact is not only files (see agent/cache.py)
 
     def probe(self) -> Availability:
         try:
@@ -21,15 +23,15 @@ class PytorchBackend:
         return check_torch_job(job, self.name)
 
     def export(self, ctx: ExportContext) -> Artifact:
-        from safetensors.torch import save_model
-        path = ctx.workdir / "model.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(ctx.model, str(path))
-        return Artifact([path], dtype="fp32", meta={"module": ctx.model})
+        from agent.compress.torch_variants import save_weights, torch_variant
+        variant = torch_variant(ctx.model, ctx.job.compression.method)   # fp32, fp16, bf16 or dynamic int8
+        path = save_weights(variant, ctx.workdir)   # safetensors (torch.save for quantized modules)
+        return Artifact([path], dtype=variant.dtype, meta={"module": variant.module, "notes": variant.notes})
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         set_threads(threads)
         model = artifact.meta["module"].to(job.device)
-        return Engine(run=make_runner(model, job.device), dtype=artifact.dtype, threads=threads,
-                      provider=f"torch-eager:{job.device}", vram=cuda_vram(job.device),
-                      vram_source="torch.cuda.max_memory_allocated" if job.device.startswith("cuda") else None)
+        engine = Engine(run=make_runner(model, job.device), dtype=artifact.dtype, threads=threads,
+                        provider=f"torch-eager:{job.device}", vram=cuda_vram(job.device),
+                        vram_source="torch.cuda.max_memory_allocated" if job.device.startswith("cuda") else None)
+        return with_cuda_extras(engine, job.device)   # CUDA: device-resident timing, NVML VRAM note
