@@ -106,9 +106,11 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
 
     threads = job.measure.threads or default_threads()
     needs_model = getattr(backend, "needs_model", True)
+    if needs_model:
+        import torch  # noqa: F401 - the baseline is taken after the heavy imports (runtimes load in probe())
+    baseline_mb = measure.rss_mb()
     with stage("load"):
         data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model)
-    baseline_mb = measure.rss_mb()
 
     with stage("compress"):
         model = _compress(job, model, data, notes, res)

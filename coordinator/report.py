@@ -8,7 +8,7 @@ from coordinator.formats import render
 from shared.job import NodeProfile
 
 RESULT_COLUMNS = ("model", "compression", "backend", "device", "dtype", "bs", "size MB", "zstd MB",
-                  "p50 ms", "p90 ms", "items/s", "RAM MB", "VRAM MB", "P / R / F1", "agree", "status")
+                  "p50 ms", "p90 ms", "items/s", "RAM MB", "RAM +MB", "VRAM MB", "P / R / F1", "agree", "status")
 
 
 def fleet_table(profiles: list[NodeProfile]) -> tuple[list[str], list[list[Any]]]:
@@ -34,7 +34,7 @@ def _row(r: dict) -> list[Any]:
     status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('stage') or ''} {r.get('error') or ''}".replace("  ", " ")
     return [r["model"], r["compression"], r["backend"], r["device"], r.get("dtype"), r["batch_size"],
             r.get("size_mb"), r.get("size_compressed_mb"), r.get("latency_p50_ms"), r.get("latency_p90_ms"),
-            r.get("throughput_ips"), r.get("ram_peak_mb"), r.get("vram_peak_mb"), _prf(r),
+            r.get("throughput_ips"), r.get("ram_peak_mb"), r.get("ram_delta_mb"), r.get("vram_peak_mb"), _prf(r),
             r.get("top1_agreement"), status[:90]]
 
 
