@@ -45,7 +45,8 @@ else:
     c = ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads)})
     r = c.create_infer_request()
-    run = lambda: r.infer({0: x})
+    def run():
+        r.get_input_tensor(0).data[...] = x; r.infer(); return r.get_output_tensor(0).data.copy()
 for _ in range(50):
     run()
 t = []
@@ -79,20 +80,21 @@ def benchmark_app(path: Path, bs: int, threads: int, seconds: float) -> float:
     p = subprocess.run([str(exe), "-m", str(path), "-d", "CPU", "-hint", "none", "-nstreams", "1",
                         "-nthreads", str(threads), "-api", "sync", "-t", str(int(seconds)), "-infer_precision", "f32",
                         "-shape", f"[{bs},3,32,32]"], capture_output=True, text=True, check=True)
-    m = re.search(r"Median:\s+([\d.]+)\s*ms", p.stdout)
+    text = p.stdout + p.stderr   # it logs its report on stderr, in us or ms
+    m = re.search(r"Median:\s+([\d.]+)\s*(us|ms)", text)
     if not m:
-        raise RuntimeError(f"benchmark_app printed no median:\n{p.stdout[-2000:]}")
-    return float(m.group(1))
+        raise RuntimeError(f"benchmark_app printed no median:\n{text[-2000:]}")
+    return float(m.group(1)) / (1000.0 if m.group(2) == "us" else 1.0)
 
 
-def fleetbench(path: Path, bs: int, seconds: float, work: Path) -> tuple[list[dict], float]:
+def fleetbench(path: Path, bs: int, seconds: float, threads: int, work: Path) -> tuple[list[dict], float]:
     from coordinator.run import run_sweep
     from coordinator.store import query
     sweep = {"name": f"fidelity-bs{bs}", "models": [{"name": "digits-onnx", "source": f"onnx:{path}",
                                                       "num_classes": 10, "input_size": [3, 32, 32]}],
              "dataset": {"kind": "synthetic", "limit": 16}, "backends": ["onnxruntime", "openvino"],
              "batch_sizes": [bs], "measure": {"warmup_iters": 50, "min_iters": 200, "min_duration_s": seconds,
-                                              "max_duration_s": seconds * 4}}
+                                              "max_duration_s": seconds * 4, "threads": threads}}
     sweep_path, db = work / f"fid{bs}.yaml", work / "fidelity.duckdb"
     sweep_path.write_text(yaml.safe_dump(sweep))
     t0 = time.perf_counter()
@@ -115,6 +117,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="engine threads in all three (1 leaves a core to Ray's daemons on a 2-core machine)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     print(f"{'bs':>3} {'engine':<12} {'fleetbench p50':>15} {'bare p50':>9} {'ratio':>6} {'benchmark_app':>14} {'ratio':>6}")
@@ -124,14 +128,14 @@ def main() -> int:
         fb: dict[str, list[float]] = {"onnxruntime": [], "openvino": []}
         nat: dict[str, list[float]] = {"onnxruntime": [], "openvino": []}
         app: list[float] = []
-        threads = None
+        threads = args.threads
         for _ in range(args.rounds):   # interleave so drift on a shared machine hits all three alike
-            rows, total = fleetbench(path, bs, args.seconds, work)
+            rows, total = fleetbench(path, bs, args.seconds, args.threads, work)
             totals.append((total, len(rows)))
             for r in rows:
                 fb[r["backend"]].append(r["latency_p50_ms"])
                 overheads.append(r["wall_s"] - r["measure_s"])
-                threads = r["threads"]
+                assert r["threads"] == threads, r
             gap_list += gaps(rows)
             for kind in fb:
                 nat[kind].append(bare(kind, path, bs, threads, args.seconds))

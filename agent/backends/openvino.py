@@ -54,9 +54,13 @@ class OpenVinoBackend:
         compiled = core.compile_model(str(artifact.main), device, config)
         real = _compiled_precision(compiled, device, artifact.dtype)
         request = compiled.create_infer_request()
+        inp = request.get_input_tensor(0)
 
         def run(x: np.ndarray) -> np.ndarray:
-            request.infer({0: x})
+            # Copy into the request's own input tensor and infer without arguments: infer({0: x}) adds
+            # ~25 us per call in Python (a wrapping tensor and a dict of copied outputs).
+            inp.data[...] = x
+            request.infer()
             return request.get_output_tensor(0).data.copy()
 
         return Engine(run=run, dtype=artifact.meta.get("compute_dtype", real), threads=threads if device == "CPU" else None,

@@ -251,7 +251,9 @@ def fake_openvino(devices, props):
 
         def create_infer_request(self):
             out = types.SimpleNamespace(data=np.zeros((2, 10), np.float32))
-            return types.SimpleNamespace(infer=lambda inputs: None, get_output_tensor=lambda i: out)
+            inp = types.SimpleNamespace(data=np.zeros((2, 3, 8, 8), np.float32))
+            return types.SimpleNamespace(infer=lambda inputs=None: None, get_output_tensor=lambda i: out,
+                                         get_input_tensor=lambda i: inp)
 
     class Core:
         available_devices = devices
