@@ -107,7 +107,7 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
     threads = job.measure.threads or default_threads()
     needs_model = getattr(backend, "needs_model", True)
     if needs_model:
-        import torch  # noqa: F401 - the baseline is taken after the heavy imports (runtimes load in probe())
+        _import_libraries()
     baseline_mb = measure.rss_mb()
     with stage("load"):
         data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model)
@@ -232,6 +232,16 @@ def _measure_device_resident(engine, example: np.ndarray, job: Job, res: Result)
     if prepare is None:
         return
     res.latency_device_p50_ms = measure.summarize(measure.time_loop(prepare(example), job.measure)).p50_ms
+
+
+def _import_libraries() -> None:
+    """Import what loading needs before the RAM baseline, so ram_delta_mb is the job's model, data and
+    engine rather than library code (the backend's runtime was imported by its probe already)."""
+    import sklearn.datasets  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import torch  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import timm  # noqa: F401
 
 
 def _release_memory() -> None:
