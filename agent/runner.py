@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from agent import cache as engine_cache
+from agent import compress
 from agent import measure, sizes
 from agent.backends import ExportContext
 from agent.backends import get as get_backend
@@ -100,7 +101,7 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
     if job.device not in avail.devices:
         raise Unsupported(f"{job.backend}: no device {job.device!r} on this node "
                           f"(has: {', '.join(avail.devices) or 'none'})")
-    reason = backend.check(job) or _check_compression(job, backend)
+    reason = backend.check(job) or compress.check(job, backend)
     if reason:
         raise Unsupported(reason)
 
@@ -194,22 +195,9 @@ def _onnx_reference(path: Path, x: np.ndarray, batch_size: int, threads: int) ->
     return predict(lambda b: sess.run(None, {name: b})[0], x, batch_size)
 
 
-def _check_compression(job: Job, backend) -> Optional[str]:
-    try:
-        from agent import compress
-    except ImportError:
-        compress = None
-    if compress is None:
-        if job.compression.method == "none":
-            return None
-        return f"compression {job.compression.name}: not available in this fleetbench build"
-    return compress.check(job, backend)
-
-
 def _compress(job: Job, model, data, notes: list[str], res: Result):
     if job.compression.method == "none" or model is None:
         return model
-    from agent import compress
     return compress.apply(job, model, data, notes, res)
 
 
