@@ -156,7 +156,7 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
     res.ram_delta_mb = mem.peak_mb - baseline_mb
     if engine.vram is not None:
         res.vram_peak_mb, res.vram_source = engine.vram(), engine.vram_source
-    notes.extend(getattr(engine, "notes", lambda: [])())   # engine-specific notes (placement, caches, VRAM source)
+    notes.extend(engine.notes())   # engine-specific notes (placement, caches, VRAM source)
     engine.close()
 
 
@@ -216,10 +216,9 @@ def _measure(engine, example: np.ndarray, job: Job, res: Result) -> None:
 def _measure_device_resident(engine, example: np.ndarray, job: Job, res: Result) -> None:
     """GPU engines that can run on inputs already on the device are timed that way too, so the row
     tells device-resident time from host end-to-end time (copies in and out included)."""
-    prepare = getattr(engine, "prepare_device_run", None)
-    if prepare is None:
-        return
-    res.latency_device_p50_ms = measure.summarize(measure.time_loop(prepare(example), job.measure)).p50_ms
+    if engine.prepare_device_run is not None:
+        run = engine.prepare_device_run(example)
+        res.latency_device_p50_ms = measure.summarize(measure.time_loop(run, job.measure)).p50_ms
 
 
 def _import_libraries() -> None:

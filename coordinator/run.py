@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from coordinator import cluster
+from coordinator.formats import render
+from coordinator.report import fleet_table
 from coordinator.plan import checkpoint_path, plan, resolve_local
 from shared.errors import SweepError
 from shared.job import Result
@@ -51,18 +53,16 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     from coordinator.store import Store
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))
+    payloads = {name: _payload(path) for name, path in files.items()}   # a bad file fails before Ray starts
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     where = cluster.connect(address)
     try:
         profiles = cluster.discover()
-        from coordinator.report import fleet_table
-        from coordinator.formats import render
         print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
         print(render(*fleet_table(profiles), "table"), file=out)
-        payloads = {name: _payload(path) for name, path in files.items()}
-        hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
         the_plan = plan(sweep, profiles, hashes)
         with Store(db) as store:
             run_id = store.latest_run(sweep.name) if resume else None

@@ -72,6 +72,9 @@ class Engine:
     vram: Optional[Callable[[], Optional[float]]] = None   # peak device memory (MB) so far, if a GPU engine
     vram_source: Optional[str] = None
     close: Callable[[], None] = lambda: None
+    notes: Callable[[], list[str]] = lambda: []             # engine-specific notes for the row (placement, VRAM)
+    # GPU engines: given a host batch, a no-argument call that runs on inputs already on the device.
+    prepare_device_run: Optional[Callable[[np.ndarray], Callable[[], object]]] = None
 
 
 class Backend(Protocol):

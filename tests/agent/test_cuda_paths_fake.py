@@ -202,7 +202,8 @@ def test_torch_cpu_runner_has_no_device_resident_mode():
     run = make_runner(torch.nn.Linear(4, 2), "cpu")
     assert run(np.ones((3, 4), np.float32)).shape == (3, 2) and run.prepare_device_run is None
     engine = Engine(run=run, dtype="fp32")
-    assert with_cuda_extras(engine, "cpu") is engine and not hasattr(engine, "notes")
+    assert with_cuda_extras(engine, "cpu") is engine
+    assert engine.notes() == [] and engine.prepare_device_run is None   # a CPU engine gets no CUDA extras
 
 
 def test_torch_cuda_extras_fake_nvml_note_and_close(nvml):
