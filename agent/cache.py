@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.backends.base import Artifact
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact
+from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -41,8 +41,8 @@ def cache_root() -> Path:
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> dict[str, Any]:
     """What, besides the job, an artifact depends on: hardware and library versions of this node."""
-    from agent.gpu import nvidia_gpus
-    from agent.probe import cpu_info, versions
+    from fleetbench.agent.gpu import nvidia_gpus
+    from fleetbench.agent.probe import cpu_info, versions
     cpu_model, flags = cpu_info()
     gpus, driver, _ = nvidia_gpus()
     return {"cpu": cpu_model, "isa": flags, "gpus": sorted(str(g.get("name")) for g in gpus),

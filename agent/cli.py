@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"agent: --label {item!r}: expected KEY=VALUE", file=sys.stderr)
             return 2
         labels[key] = value
-    from agent.probe import probe
+    from fleetbench.agent.probe import probe
     print(json.dumps(probe(labels).to_dict(), indent=2))
     return 0
 

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from shared.errors import StageError
-from shared.sweep import DatasetSpec
+from fleetbench.shared.errors import StageError
+from fleetbench.shared.sweep import DatasetSpec
 
 log = logging.getLogger(__name__)
 

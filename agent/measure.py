@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared.sweep import MeasureSpec
+from fleetbench.shared.sweep import MeasureSpec
 
 
 @dataclass(frozen=True)

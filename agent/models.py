@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from shared.errors import StageError
-from shared.sweep import ModelSpec
+from fleetbench.shared.errors import StageError
+from fleetbench.shared.sweep import ModelSpec
 
 log = logging.getLogger(__name__)
 

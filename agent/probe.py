@@ -7,9 +7,9 @@ import platform
 import socket
 from typing import Optional
 
-from agent import backends
-from agent.gpu import nvidia_gpus
-from shared.job import NodeProfile
+from fleetbench.agent import backends
+from fleetbench.agent.gpu import nvidia_gpus
+from fleetbench.shared.job import NodeProfile
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")

@@ -21,14 +21,14 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from agent import cache as engine_cache
-from agent import compress
-from agent import measure, sizes
-from agent.backends import ExportContext
-from agent.backends import get as get_backend
-from agent.quality import batches, predict, quality
-from shared.errors import FleetError, StageError, Unsupported, one_line
-from shared.job import Job, Result
+from fleetbench.agent import cache as engine_cache
+from fleetbench.agent import compress
+from fleetbench.agent import measure, sizes
+from fleetbench.agent.backends import ExportContext
+from fleetbench.agent.backends import get as get_backend
+from fleetbench.agent.quality import batches, predict, quality
+from fleetbench.shared.errors import FleetError, StageError, Unsupported, one_line
+from fleetbench.shared.job import Job, Result
 
 log = logging.getLogger(__name__)
 MB = 2**20
@@ -162,13 +162,13 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
 
 def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, needs_model: bool):
     """Dataset, fp32 model, and the fp32 eager model's predictions (the agreement reference)."""
-    from agent.data import load_dataset
+    from fleetbench.agent.data import load_dataset
     data = load_dataset(job.dataset, tuple(job.model.input_size))
     if not needs_model:
         return data, None, None, None
     checkpoint = None
     if weights is not None and job.weights_sha256:
-        from agent.models import materialise_weights
+        from fleetbench.agent.models import materialise_weights
         suffix = Path(job.model.checkpoint or job.model.source).suffix
         checkpoint = materialise_weights(weights, job.weights_sha256, suffix)
     if job.model.scheme == "onnx":
@@ -176,7 +176,7 @@ def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, ne
         if not path.is_file():
             raise StageError("load", f"{path}: ONNX model not found")
         return data, None, path, _onnx_reference(path, data.eval_x, job.batch_size, threads)
-    from agent.models import load_model
+    from fleetbench.agent.models import load_model
     model, model_notes = load_model(job.model, checkpoint)
     notes.extend(model_notes)
     import torch

@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
 
-    from coordinator import store as store_mod
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator import store as store_mod
+    from fleetbench.coordinator.run import run_sweep
 
     reset_auth_token_state()
     n_jobs = write_sweep(tmp / "sweep.yaml", args.jobs, args.nodes, args.iters)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
 
 def idle_cpu_ms_per_s(address: str, me, seconds: float = 5.0) -> float:
     """CPU a connected but idle Ray driver burns by itself (its background threads), in ms per s."""
-    from coordinator import cluster as cluster_mod
+    from fleetbench.coordinator import cluster as cluster_mod
     cluster_mod.connect(address)
     try:
         time.sleep(1.0)

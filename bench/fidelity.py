@@ -58,10 +58,10 @@ print(json.dumps({"p50_ms": float(np.percentile(t, 50)) * 1e3, "n": len(t)}))
 
 
 def export(bs: int, out: Path) -> Path:
-    from agent.data import load_dataset
-    from agent.models import load_model
-    from agent.onnx_export import export_onnx
-    from shared.sweep import DatasetSpec, ModelSpec
+    from fleetbench.agent.data import load_dataset
+    from fleetbench.agent.models import load_model
+    from fleetbench.agent.onnx_export import export_onnx
+    from fleetbench.shared.sweep import DatasetSpec, ModelSpec
     spec = ModelSpec(name="digits", source="timm:test_resnet", checkpoint=str(ROOT / "examples/digits/model.safetensors"),
                      num_classes=10, input_size=(3, 32, 32))
     model, _ = load_model(spec)
@@ -88,8 +88,8 @@ def benchmark_app(path: Path, bs: int, threads: int, seconds: float) -> float:
 
 
 def fleetbench(path: Path, bs: int, seconds: float, threads: int, work: Path) -> tuple[list[dict], float]:
-    from coordinator.run import run_sweep
-    from coordinator.store import query
+    from fleetbench.coordinator.run import run_sweep
+    from fleetbench.coordinator.store import query
     sweep = {"name": f"fidelity-bs{bs}", "models": [{"name": "digits-onnx", "source": f"onnx:{path}",
                                                       "num_classes": 10, "input_size": [3, 32, 32]}],
              "dataset": {"kind": "synthetic", "limit": 16}, "backends": ["onnxruntime", "openvino"],

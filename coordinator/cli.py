@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from shared.errors import FleetError, SweepError
+from fleetbench.shared.errors import FleetError, SweepError
 
 log = logging.getLogger("coordinator")
 EXIT_BAD_INPUT = 2
@@ -49,8 +49,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _validate(args) -> int:
-    from coordinator.run import check_inputs
-    from shared.sweep import load_sweep
+    from fleetbench.coordinator.run import check_inputs
+    from fleetbench.shared.sweep import load_sweep
     sweep = load_sweep(args.sweep)
     check_inputs(sweep, Path(args.sweep))
     per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes))
@@ -61,8 +61,8 @@ def _validate(args) -> int:
 
 
 def _query(args) -> int:
-    from coordinator.formats import render
-    from coordinator.store import query
+    from fleetbench.coordinator.formats import render
+    from fleetbench.coordinator.store import query
     if not args.sql.strip():
         raise SweepError("query: empty SQL statement")
     columns, rows = query(args.db, args.sql)
@@ -71,9 +71,9 @@ def _query(args) -> int:
 
 
 def _nodes(args) -> int:
-    from coordinator import cluster
-    from coordinator.formats import render
-    from coordinator.report import fleet_table
+    from fleetbench.coordinator import cluster
+    from fleetbench.coordinator.formats import render
+    from fleetbench.coordinator.report import fleet_table
     cluster.connect(args.address)
     try:
         profiles = cluster.discover()
@@ -87,7 +87,7 @@ def _nodes(args) -> int:
 
 
 def _run(args) -> int:
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator.run import run_sweep
     summary = run_sweep(args.sweep, db=args.db, address=args.address, resume=args.resume,
                         progress=not args.no_progress)
     return 0 if summary is not None else 1

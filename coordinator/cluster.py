@@ -14,8 +14,8 @@ from typing import Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from shared.errors import FleetError
-from shared.job import NodeProfile
+from fleetbench.shared.errors import FleetError
+from fleetbench.shared.job import NodeProfile
 
 log = logging.getLogger(__name__)
 SLOT = "bench_slot"
@@ -69,7 +69,7 @@ def node_options(node: dict) -> dict:
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
 def _probe(labels: dict) -> dict:
-    from agent.probe import probe
+    from fleetbench.agent.probe import probe
     return probe(labels).to_dict()
 
 

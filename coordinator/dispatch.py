@@ -27,9 +27,9 @@ from typing import Callable, Optional
 import ray
 from ray.exceptions import NodeDiedError, TaskUnschedulableError
 
-from coordinator.cluster import alive_nodes, node_options
-from shared.errors import one_line
-from shared.job import Job, Result
+from fleetbench.coordinator.cluster import alive_nodes, node_options
+from fleetbench.shared.errors import one_line
+from fleetbench.shared.job import Job, Result
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -42,7 +42,7 @@ NODE_GONE = (NodeDiedError, TaskUnschedulableError)
 @ray.remote(max_calls=1, max_retries=0)
 def agent_task(job: Job, weights: Optional[bytes]):
     """Runs in a fresh worker on the job's node: stage events, then the Result."""
-    from agent.runner import run_job
+    from fleetbench.agent.runner import run_job
 
     events: queue.Queue = queue.Queue()
     box: dict[str, Result] = {}

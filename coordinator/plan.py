@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from shared.errors import SweepError
-from shared.job import Job, NodeProfile, Result
-from shared.sweep import Sweep
+from fleetbench.shared.errors import SweepError
+from fleetbench.shared.job import Job, NodeProfile, Result
+from fleetbench.shared.sweep import Sweep
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from coordinator.formats import render
-from shared.job import NodeProfile
+from fleetbench.coordinator.formats import render
+from fleetbench.shared.job import NodeProfile
 
 RESULT_COLUMNS = ("model", "compression", "backend", "device", "dtype", "bs", "size MB", "zstd MB",
                   "p50 ms", "p90 ms", "items/s", "RAM MB", "RAM +MB", "VRAM MB", "P / R / F1", "agree", "status")

@@ -8,13 +8,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from coordinator import cluster
-from coordinator.formats import render
-from coordinator.report import fleet_table
-from coordinator.plan import checkpoint_path, plan, resolve_local
-from shared.errors import SweepError
-from shared.job import Result
-from shared.sweep import Sweep, load_sweep
+from fleetbench.coordinator import cluster
+from fleetbench.coordinator.formats import render
+from fleetbench.coordinator.report import fleet_table
+from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
+from fleetbench.shared.errors import SweepError
+from fleetbench.shared.job import Result
+from fleetbench.shared.sweep import Sweep, load_sweep
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _payload(path: Path) -> bytes:
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
               resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
-    from coordinator.store import Store
+    from fleetbench.coordinator.store import Store
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))
     payloads = {name: _payload(path) for name, path in files.items()}   # a bad file fails before Ray starts
@@ -86,7 +86,7 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
     import ray
     from tqdm import tqdm
 
-    from coordinator.dispatch import Dispatcher
+    from fleetbench.coordinator.dispatch import Dispatcher
 
     counts: Counter = Counter()
     bar = tqdm(total=len(unsupported) + len(jobs), disable=not progress, unit="job", file=sys.stderr,
@@ -117,7 +117,7 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
 
 
 def _report(db: str, store, run_id: str, out) -> None:
-    from coordinator.report import results_tables
+    from fleetbench.coordinator.report import results_tables
     for title, table in results_tables(store.rows(run_id)):
         print(f"\n{title}", file=out)
         print(table, file=out)

@@ -22,8 +22,8 @@ from typing import Any, Iterable, Optional, Union
 
 import duckdb
 
-from shared.errors import StoreError
-from shared.job import RESULT_COLUMNS, NodeProfile, Result
+from fleetbench.shared.errors import StoreError
+from fleetbench.shared.job import RESULT_COLUMNS, NodeProfile, Result
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ if [[ -z $PY ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 BIN=$(dirname "$(command -v "$PY" || echo "$PY")")
-COORD="$PY -m coordinator.cli"
+COORD="$PY -m fleetbench.coordinator.cli"
 [[ -x $BIN/coordinator ]] && COORD=$BIN/coordinator
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
 OUT=${GPU_CHECK_DIR:-$(mktemp -d /tmp/fleetbench-gpu-check.XXXXXX)}
@@ -66,10 +66,10 @@ try:
     print("onnxruntime providers:", ", ".join(ort.get_available_providers()))
 except Exception:
     pass
-from agent.gpu import nvidia_gpus
+from fleetbench.agent.gpu import nvidia_gpus
 gpus, driver, reason = nvidia_gpus()
 print("NVML:", [f"{g['name']} cc{g['compute_capability']}" for g in gpus] or reason, "driver", driver)
-from agent import backends
+from fleetbench.agent import backends
 for name in ("pytorch", "torchscript", "onnxruntime", "tensorrt"):
     a = backends.get(name).probe()
     print(f"  {name:12s} {'devices ' + ','.join(a.devices) if a.available else 'UNAVAILABLE: ' + str(a.reason)}")

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
 
 STATUSES = ("ok", "failed", "unsupported")
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.errors import SweepError
+from fleetbench.shared.errors import SweepError
 
 BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino", "tensorrt", "tflite")
 SOURCE_SCHEMES = ("timm", "python", "onnx")

@@ -23,12 +23,12 @@ def _cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def demo_model_spec():
-    from shared.sweep import ModelSpec
+    from fleetbench.shared.sweep import ModelSpec
     return ModelSpec(name="digits-test_resnet", source="timm:test_resnet", checkpoint=str(DEMO_CHECKPOINT),
                      num_classes=10, input_size=(3, 32, 32))
 
 
 @pytest.fixture
 def quick_measure():
-    from shared.sweep import MeasureSpec
+    from fleetbench.shared.sweep import MeasureSpec
     return MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_s=10)

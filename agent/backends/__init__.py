@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import importlib
 
-from agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
+from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
 
 __all__ = ["Artifact", "Availability", "Backend", "Engine", "ExportContext", "get", "names"]
 
 _REGISTRY: dict[str, str] = {
-    "pytorch": "agent.backends.pytorch:PytorchBackend",
-    "torchscript": "agent.backends.torchscript:TorchScriptBackend",
-    "onnxruntime": "agent.backends.onnxruntime:OnnxRuntimeBackend",
-    "openvino": "agent.backends.openvino:OpenVinoBackend",
-    "tensorrt": "agent.backends.tensorrt:TensorRTBackend",
-    "tflite": "agent.backends.tflite:TFLiteBackend",
-    "null": "agent.backends.null:NullBackend",
+    "pytorch": "fleetbench.agent.backends.pytorch:PytorchBackend",
+    "torchscript": "fleetbench.agent.backends.torchscript:TorchScriptBackend",
+    "onnxruntime": "fleetbench.agent.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "fleetbench.agent.backends.openvino:OpenVinoBackend",
+    "tensorrt": "fleetbench.agent.backends.tensorrt:TensorRTBackend",
+    "tflite": "fleetbench.agent.backends.tflite:TFLiteBackend",
+    "null": "fleetbench.agent.backends.null:NullBackend",
 }
 
 

@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from agent.backends.base import Artifact, Engine
-from shared.errors import Unsupported
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Engine
+from fleetbench.shared.errors import Unsupported
+from fleetbench.shared.job import Job
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -43,7 +43,7 @@ def provider_chain(provider: str, device_id: int = 0) -> list[Any]:
 
 def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, provider: str,
                device_id: int = 0) -> Engine:
-    from agent.gpu import ProcessVram
+    from fleetbench.agent.gpu import ProcessVram
     if provider == TRT:
         ort_trt_cache().mkdir(parents=True, exist_ok=True)
     vram = ProcessVram(index=device_id).start()

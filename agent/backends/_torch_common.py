@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from shared.job import Job
+from fleetbench.shared.job import Job
 
 TORCH_DTYPES = {"none": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
@@ -73,7 +73,7 @@ def with_cuda_extras(engine, device: str):
     whole process (CUDA context and allocator pools included) goes into a note."""
     if not device.startswith("cuda"):
         return engine
-    from agent.gpu import ProcessVram, device_index
+    from fleetbench.agent.gpu import ProcessVram, device_index
     nvml = ProcessVram(index=device_index(device)).start()
     engine.prepare_device_run = getattr(engine.run, "prepare_device_run", None)
     close = engine.close

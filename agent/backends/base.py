@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from shared.job import Job
+from fleetbench.shared.job import Job
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ExportContext:
         if self.onnx_source is not None:
             return self.onnx_source
         if self._onnx is None:
-            from agent.onnx_export import export_onnx
+            from fleetbench.agent.onnx_export import export_onnx
             self._onnx = export_onnx(self.model, self.example, self.workdir / "onnx" / "model.onnx")
         return self._onnx
 

@@ -10,8 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.shared.job import Job
 
 
 class NullBackend:

@@ -5,8 +5,8 @@ from typing import Optional
 
 import numpy as np
 
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.shared.job import Job
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt-ep": "TensorrtExecutionProvider"}
@@ -35,7 +35,7 @@ class OnnxRuntimeBackend:
         return None
 
     def export(self, ctx: ExportContext) -> Artifact:
-        from agent.compress.onnx_variants import onnx_variant, ort_runtime_dtype
+        from fleetbench.agent.compress.onnx_variants import onnx_variant, ort_runtime_dtype
         variant = onnx_variant(ctx)   # the graph the job's compression calls for (fp32, fp16, QDQ int8, dynamic int8)
         dtype, notes = variant.dtype, list(variant.notes)
         if ctx.job.device == "cpu":   # what the CPU provider really computes in; Unsupported if fp16 would run fp32
@@ -54,7 +54,7 @@ class OnnxRuntimeBackend:
         opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")   # which EP ran each node
         provider = PROVIDERS[job.device]
         if provider != PROVIDERS["cpu"]:
-            from agent.backends._ort_gpu import gpu_engine
+            from fleetbench.agent.backends._ort_gpu import gpu_engine
             return gpu_engine(ort, artifact, job, threads, opts, provider)
         sess = ort.InferenceSession(str(artifact.main), sess_options=opts, providers=[provider])
         name = sess.get_inputs()[0].name
@@ -67,5 +67,5 @@ class OnnxRuntimeBackend:
 
 
 def _has_nvidia_gpu() -> bool:
-    from agent.gpu import nvidia_gpus
+    from fleetbench.agent.gpu import nvidia_gpus
     return bool(nvidia_gpus()[0])

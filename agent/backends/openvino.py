@@ -5,8 +5,8 @@ from typing import Optional
 
 import numpy as np
 
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.shared.job import Job
 
 # What an OpenVINO inference precision hint means in our dtype words, and back.
 OV_PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8"}
@@ -32,7 +32,7 @@ class OpenVinoBackend:
         import openvino as ov
         xml = ctx.workdir / "openvino" / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
-        from agent.compress.openvino_variants import openvino_variant
+        from fleetbench.agent.compress.openvino_variants import openvino_variant
         variant = openvino_variant(ctx)   # fp32 IR, fp16 weights, or NNCF int8, as the job's compression calls for
         # save_model compresses weights to fp16 by default: an fp32 artifact must stay fp32.
         ov.save_model(variant.model, str(xml), compress_to_fp16=variant.compress_to_fp16)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from agent.backends._torch_common import (check_torch_job, cuda_vram, make_runner, set_threads, torch_devices,
+from fleetbench.agent.backends._torch_common import (check_torch_job, cuda_vram, make_runner, set_threads, torch_devices,
                                            with_cuda_extras)
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.shared.job import Job
 
 
 class PytorchBackend:
@@ -23,7 +23,7 @@ class PytorchBackend:
         return check_torch_job(job, self.name)
 
     def export(self, ctx: ExportContext) -> Artifact:
-        from agent.compress.torch_variants import save_weights, torch_variant
+        from fleetbench.agent.compress.torch_variants import save_weights, torch_variant
         variant = torch_variant(ctx.model, ctx.job.compression.method)   # fp32, fp16, bf16 or dynamic int8
         path = save_weights(variant, ctx.workdir)   # safetensors (torch.save for quantized modules)
         return Artifact([path], dtype=variant.dtype, meta={"module": variant.module, "notes": variant.notes})

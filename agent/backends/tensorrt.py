@@ -21,10 +21,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from agent.gpu import ProcessVram, device_index, nvidia_gpu, nvidia_gpus
-from shared.errors import Unsupported
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.agent.gpu import ProcessVram, device_index, nvidia_gpu, nvidia_gpus
+from fleetbench.shared.errors import Unsupported
+from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install 'fleetbench[nvidia]'"
@@ -161,9 +161,9 @@ def _notes(artifact: Artifact, vram: ProcessVram) -> list[str]:
 def onnx_for(ctx: ExportContext) -> tuple[Path, str]:
     """The ONNX graph that carries the job's precision, from the compression package when it is there."""
     try:
-        from agent.compress.onnx_variants import onnx_for as variant
+        from fleetbench.agent.compress.onnx_variants import onnx_for as variant
     except ModuleNotFoundError as e:
-        if e.name not in ("agent.compress", "agent.compress.onnx_variants"):
+        if e.name not in ("fleetbench.agent.compress", "fleetbench.agent.compress.onnx_variants"):
             raise
         variant = None
     if variant is not None:

@@ -25,8 +25,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install 'fleetbench[tflite]'"
@@ -113,7 +113,7 @@ def build_in_child(model: Any, example: np.ndarray, calib_x: np.ndarray, method:
         return build(model, example, calib_x, method, out)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "agent.backends.tflite", str(job_file)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "fleetbench.agent.backends.tflite", str(job_file)], env=env,
                               capture_output=True, text=True, timeout=timeout_s)
     finally:
         job_file.unlink(missing_ok=True)
@@ -173,7 +173,7 @@ def _calibration_set(fp32: Path, calib_x: np.ndarray, batch_size: int) -> dict[s
     """Calibration batches keyed by the model's signature and input name, at the model's batch size."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from agent.quality import batches
+    from fleetbench.agent.quality import batches
     signatures = Interpreter(model_path=str(fp32)).get_signature_list()
     key = next(iter(signatures))
     name = signatures[key]["inputs"][0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
-from agent.backends._torch_common import (check_torch_job, cuda_vram, make_runner, set_threads, torch_devices,
+from fleetbench.agent.backends._torch_common import (check_torch_job, cuda_vram, make_runner, set_threads, torch_devices,
                                            with_cuda_extras)
-from agent.backends.base import Artifact, Availability, Engine, ExportContext
-from shared.job import Job
+from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.shared.job import Job
 
 
 class TorchScriptBackend:
@@ -29,7 +29,7 @@ class TorchScriptBackend:
         import torch
         path = ctx.workdir / "model.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        from agent.compress.torch_variants import cast_io, torch_variant
+        from fleetbench.agent.compress.torch_variants import cast_io, torch_variant
         variant = torch_variant(ctx.model, ctx.job.compression.method)   # fp32, fp16, bf16 or dynamic int8
         module = variant.module if variant.param_dtype is None else cast_io(variant.module, variant.param_dtype)
         example = torch.from_numpy(ctx.example)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from shared.job import Job, Result
+from fleetbench.shared.job import Job, Result
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def check(job: Job, backend: Any) -> Optional[str]:
                 return f"prune-channels needs torch-pruning ({e}); pip install 'fleetbench[compress]'"
         return None
     if name == "openvino":
-        from agent.compress import openvino_variants
+        from fleetbench.agent.compress import openvino_variants
         return openvino_variants.check(method, job.device)
     if name in ("pytorch", "torchscript") and method == "int8-dynamic" and job.device != "cpu":
         return f"{name}: int8-dynamic kernels (torch.ao dynamic quantization) run on CPU only, not {job.device}"
@@ -72,12 +72,12 @@ def apply(job: Job, model, data, notes: list[str], res: Result):
     spec = job.compression
     example = torch.from_numpy(np.ascontiguousarray(data.calib_x[:1]))
     if method == "prune":
-        from agent.compress.prune import prune_unstructured
+        from fleetbench.agent.compress.prune import prune_unstructured
         res.sparsity, n = prune_unstructured(model, spec.percent, spec.layers)
         notes.append(f"prune {spec.percent:g}% (global L1, unstructured) over {n} {_what(spec.layers)} layers: "
                      f"sparsity {res.sparsity:.3f}")
     elif method == "prune-channels":
-        from agent.compress.prune import count_params, prune_channels, recalibrate_batchnorm
+        from fleetbench.agent.compress.prune import count_params, prune_channels, recalibrate_batchnorm
         before = count_params(model)
         model = prune_channels(model, spec.percent, example, spec.layers)
         after = count_params(model)
@@ -95,7 +95,7 @@ def apply(job: Job, model, data, notes: list[str], res: Result):
 def _cluster(model, spec, example, notes: list[str]) -> None:
     import torch
 
-    from agent.compress.cluster import cluster_model, fold_batchnorm
+    from fleetbench.agent.compress.cluster import cluster_model, fold_batchnorm
     with torch.no_grad():
         before = model(example)
     folded = fold_batchnorm(model, example)

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.backends.onnxruntime import onnx_files
-from agent.compress.precision import describe, majority_dtype
-from shared.errors import Unsupported
+from fleetbench.agent.backends.onnxruntime import onnx_files
+from fleetbench.agent.compress.precision import describe, majority_dtype
+from fleetbench.shared.errors import Unsupported
 
 if TYPE_CHECKING:
-    from agent.backends.base import ExportContext
+    from fleetbench.agent.backends.base import ExportContext
 
 log = logging.getLogger(__name__)
 

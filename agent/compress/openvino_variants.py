@@ -8,9 +8,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agent.compress.onnx_variants import calibration_batches
-from agent.compress.precision import describe, majority_dtype
-from shared.errors import Unsupported
+from fleetbench.agent.compress.onnx_variants import calibration_batches
+from fleetbench.agent.compress.precision import describe, majority_dtype
+from fleetbench.shared.errors import Unsupported
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.compress.cluster import layer_kind
+from fleetbench.agent.compress.cluster import layer_kind
 
 log = logging.getLogger(__name__)
 

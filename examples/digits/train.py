@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.data import digits_split, preprocess_digits  # noqa: E402
+from fleetbench.agent.data import digits_split, preprocess_digits  # noqa: E402
 
 log = logging.getLogger("train_digits")
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch, "num_classes": NUM_CLASSES, "input_size": list(INPUT_SIZE),
         "heldout_accuracy": round(accuracy, 6), "train_seconds": round(seconds, 2),
         "params": n_params, "epochs": args.epochs, "seed": args.seed,
-        "split": "agent.data.digits_split(): sklearn load_digits, stratified 70/30, random_state=0",
+        "split": "fleetbench.agent.data.digits_split(): sklearn load_digits, stratified 70/30, random_state=0",
         "torch": torch.__version__, "timm": timm.__version__,
     }
     path = save(model, args.out, meta)

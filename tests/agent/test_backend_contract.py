@@ -6,10 +6,10 @@ Not available here (tensorrt without an NVIDIA GPU, ...) -> an `unsupported` row
 """
 import pytest
 
-from agent import backends
-from agent.runner import run_job
-from shared.job import Job
-from shared.sweep import CompressionSpec, DatasetSpec
+from fleetbench.agent import backends
+from fleetbench.agent.runner import run_job
+from fleetbench.shared.job import Job
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
 
 CONTRACT = [b for b in backends.names() if b != "null"]
 

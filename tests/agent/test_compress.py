@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from agent import compress
-from agent.backends import ExportContext
-from agent.backends import get as get_backend
-from agent.compress.cluster import cluster_model, fold_batchnorm, kmeans_1d
-from agent.compress.onnx_variants import calibration_batches, onnx_for, onnx_variant
-from agent.compress.precision import majority_dtype
-from agent.compress.prune import prune_channels, prune_unstructured, recalibrate_batchnorm, sparsity
-from agent.compress.torch_variants import torch_variant
-from agent.runner import run_job
-from shared.errors import Unsupported
-from shared.job import Job
-from shared.sweep import CompressionSpec, DatasetSpec, ModelSpec
+from fleetbench.agent import compress
+from fleetbench.agent.backends import ExportContext
+from fleetbench.agent.backends import get as get_backend
+from fleetbench.agent.compress.cluster import cluster_model, fold_batchnorm, kmeans_1d
+from fleetbench.agent.compress.onnx_variants import calibration_batches, onnx_for, onnx_variant
+from fleetbench.agent.compress.precision import majority_dtype
+from fleetbench.agent.compress.prune import prune_channels, prune_unstructured, recalibrate_batchnorm, sparsity
+from fleetbench.agent.compress.torch_variants import torch_variant
+from fleetbench.agent.runner import run_job
+from fleetbench.shared.errors import Unsupported
+from fleetbench.shared.job import Job
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, ModelSpec
 
 
 def tiny_net(seed: int = 0) -> torch.nn.Module:
@@ -39,7 +39,7 @@ def x_of(n: int = 4, size: int = 16, seed: int = 1) -> torch.Tensor:
 
 
 def job_of(method, backend="onnxruntime", spec=None, device="cpu", quick=None) -> Job:
-    from shared.sweep import MeasureSpec
+    from fleetbench.shared.sweep import MeasureSpec
     spec = spec or ModelSpec(name="tiny", source="python:torch.nn:Identity", num_classes=4, input_size=(3, 16, 16))
     return Job(sweep="t", model=spec, dataset=DatasetSpec(kind="digits", limit=64),
                compression=CompressionSpec.parse(method), backend=backend, device=device, batch_size=1,
@@ -250,7 +250,7 @@ def test_onnx_bf16_is_not_a_variant(base_ctx):
 ])
 def test_check_reasons(method, backend, expect):
     if backend == "openvino" and method in ("fp16", "bf16"):
-        from agent.compress.openvino_variants import device_capabilities
+        from fleetbench.agent.compress.openvino_variants import device_capabilities
         caps = device_capabilities("cpu") or []
         if (method == "fp16" and "FP16" in caps) or (method == "bf16" and "BF16" not in caps):
             pytest.skip(f"this CPU's OpenVINO capabilities are {caps}")

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.data import Dataset, digits_split, load_dataset, preprocess_digits, resize_bilinear
-from shared.errors import StageError
-from shared.sweep import DatasetSpec, load_sweep
+from fleetbench.agent.data import Dataset, digits_split, load_dataset, preprocess_digits, resize_bilinear
+from fleetbench.shared.errors import StageError
+from fleetbench.shared.sweep import DatasetSpec, load_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS_DIR = REPO / "examples" / "digits"

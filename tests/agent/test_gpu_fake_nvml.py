@@ -1,11 +1,11 @@
-"""agent.gpu against a FAKE NVML (no GPU here): device listing, per-process VRAM, the peak sampler."""
+"""fleetbench.agent.gpu against a FAKE NVML (no GPU here): device listing, per-process VRAM, the peak sampler."""
 import os
 import sys
 import time
 
 import pytest
 
-from agent import gpu
+from fleetbench.agent import gpu
 from tests.fixtures.fake_gpu import MB, FakeGpu, FakeProc, fake_pynvml
 
 ME = os.getpid()

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from agent import measure
-from agent.quality import batches, predict, quality
-from agent.sizes import artifact_files, compressed_bytes, size_bytes
-from shared.sweep import MeasureSpec
+from fleetbench.agent import measure
+from fleetbench.agent.quality import batches, predict, quality
+from fleetbench.agent.sizes import artifact_files, compressed_bytes, size_bytes
+from fleetbench.shared.sweep import MeasureSpec
 
 
 def test_summarize_uses_every_sample():

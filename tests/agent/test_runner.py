@@ -1,9 +1,9 @@
 """run_job without Ray: real engines on the real demo model."""
 import pytest
 
-from agent.runner import run_job
-from shared.job import Job
-from shared.sweep import CompressionSpec, DatasetSpec, ModelSpec
+from fleetbench.agent.runner import run_job
+from fleetbench.shared.job import Job
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, ModelSpec
 
 CPU_BACKENDS = ["pytorch", "torchscript", "onnxruntime", "openvino"]
 

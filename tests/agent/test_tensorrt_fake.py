@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.backends import tensorrt as trt_backend
-from agent.backends.base import Artifact, ExportContext
-from shared.job import Job
-from shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
+from fleetbench.agent.backends import tensorrt as trt_backend
+from fleetbench.agent.backends.base import Artifact, ExportContext
+from fleetbench.shared.job import Job
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
 from tests.fixtures.fake_gpu import MB, FakeDeviceMemory, FakeGpu, FakeProc, fake_logits, fake_pynvml, fake_tensorrt
 
 H200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
@@ -157,10 +157,10 @@ def test_export_fake_tensorrt_builds_once_then_hits_the_engine_cache(fakes, tmp_
 
 
 def test_onnx_for_without_the_compression_package_uses_the_fp32_export(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "agent.compress.onnx_variants", None)      # as if not there
+    monkeypatch.setitem(sys.modules, "fleetbench.agent.compress.onnx_variants", None)      # as if not there
     ctx = _ctx(tmp_path, job())
     assert trt_backend.onnx_for(ctx) == (ctx.onnx_source, "fp32")
-    from shared.errors import Unsupported
+    from fleetbench.shared.errors import Unsupported
     with pytest.raises(Unsupported, match="ONNX variants"):
         trt_backend.onnx_for(_ctx(tmp_path, job(method="fp16")))
 
@@ -206,10 +206,10 @@ def test_load_fake_tensorrt_rejects_a_foreign_engine(fakes, tmp_path):
 
 
 def test_tensorrt_job_on_this_machine_is_unsupported_quickly():
-    from agent.gpu import nvidia_gpus
+    from fleetbench.agent.gpu import nvidia_gpus
     if nvidia_gpus()[0] and trt_backend._installed():
         pytest.skip("this machine has an NVIDIA GPU and TensorRT: scripts/gpu-check.sh covers it")
-    from agent.runner import run_job
+    from fleetbench.agent.runner import run_job
     spec = ModelSpec(name="digits", source="timm:test_resnet", num_classes=10, input_size=(3, 32, 32),
                      checkpoint=str(Path(__file__).resolve().parents[2] / "examples/digits/model.safetensors"))
     t = time.perf_counter()

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from agent.backends import tflite
-from agent.backends.base import Artifact, ExportContext
-from shared.job import Job
-from shared.sweep import CompressionSpec, DatasetSpec, ModelSpec
+from fleetbench.agent.backends import tflite
+from fleetbench.agent.backends.base import Artifact, ExportContext
+from fleetbench.shared.job import Job
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, ModelSpec
 
 HAVE_LITERT = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert"))
 needs_litert = pytest.mark.skipif(not HAVE_LITERT, reason="litert-torch / ai-edge-litert not installed")
@@ -28,7 +28,7 @@ def make_job(spec, measure, method="none", bs=8, device="cpu", limit=64):   # = 
 
 @needs_litert
 def test_tflite_fp32_matches_the_pytorch_reference(demo_model_spec, quick_measure):
-    from agent.runner import run_job
+    from fleetbench.agent.runner import run_job
     had_converter = "litert_torch" in sys.modules
     r = run_job(make_job(demo_model_spec, quick_measure))
     assert r.status == "ok", r.error
@@ -47,8 +47,8 @@ def converted(tmp_path_factory):
         pytest.skip("litert-torch / ai-edge-litert not installed")
     import torch
 
-    from agent.data import load_dataset
-    from agent.models import load_model
+    from fleetbench.agent.data import load_dataset
+    from fleetbench.agent.models import load_model
     from tests.conftest import DEMO_CHECKPOINT
     spec = ModelSpec(name="d", source="timm:test_resnet", checkpoint=str(DEMO_CHECKPOINT), num_classes=10,
                      input_size=(3, 32, 32))

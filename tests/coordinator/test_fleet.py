@@ -46,7 +46,7 @@ def fleet(tmp_path_factory):
     from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
 
-    import coordinator  # noqa: F401  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before ray is used)
+    import fleetbench.coordinator  # noqa: F401  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before ray is used)
     cache = tmp_path_factory.mktemp("fleet-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "token")
@@ -112,7 +112,7 @@ def overlaps(a: list[dict], b: list[dict]) -> bool:
 
 
 def coordinator_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "fleetbench.coordinator.cli", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, **kw)
 
 
@@ -120,7 +120,7 @@ def test_one_sweep_lands_rows_from_every_node_and_a_second_reuses_engines(fleet,
     """--address joins the cluster; every node benchmarks, in parallel, one job at a time per node;
     a checkpoint that exists only beside the sweep file reaches the agents through the object store;
     a second identical job on a node skips its export (engine cache)."""
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator.run import run_sweep
     shutil.copy(DEMO_CHECKPOINT, tmp_path / "only-here.safetensors")   # not under any worker's cwd
     model = {**DIGITS, "checkpoint": "only-here.safetensors"}
     sweep = write_sweep(tmp_path / "fleet.yaml", models=[model], backends=["null", "torchscript"])
@@ -181,7 +181,7 @@ def test_nodes_command_and_a_selector_matching_nothing(fleet, tmp_path):
 
 
 def test_a_worker_that_dies_gives_a_failed_row_with_its_stage(fleet, tmp_path):
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator.run import run_sweep
     models = [{"name": name, "source": f"python:tests.fixtures.faulty_models:{name}", "num_classes": 10,
                "input_size": [3, 16, 16]} for name in ("dies_in_load", "dies_in_measure")]
     sweep = write_sweep(tmp_path / "faulty.yaml", models=models, backends=["pytorch", "null"],
@@ -198,7 +198,7 @@ def test_a_worker_that_dies_gives_a_failed_row_with_its_stage(fleet, tmp_path):
 
 
 def test_a_job_that_hangs_is_cancelled_at_its_timeout_and_the_node_goes_on(fleet, tmp_path):
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator.run import run_sweep
     model = {"name": "hangs", "source": "python:tests.fixtures.faulty_models:hangs_in_load", "num_classes": 10,
              "input_size": [3, 16, 16]}
     sweep = write_sweep(tmp_path / "hang.yaml", models=[model], backends=["pytorch", "null"],
@@ -214,8 +214,8 @@ def test_a_job_that_hangs_is_cancelled_at_its_timeout_and_the_node_goes_on(fleet
 
 
 def test_a_node_that_leaves_mid_sweep_fails_only_its_unfinished_jobs(fleet, tmp_path, monkeypatch):
-    from coordinator import store as store_mod
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator import store as store_mod
+    from fleetbench.coordinator.run import run_sweep
     doomed = fleet.cluster.add_node(**node_args("cpu", "n-gone"))
     fleet.cluster.wait_for_nodes()
     removed: list[str] = []
@@ -248,11 +248,11 @@ def test_a_node_that_leaves_mid_sweep_fails_only_its_unfinished_jobs(fleet, tmp_
 
 
 def test_resume_after_the_coordinator_is_killed_runs_only_what_is_missing(fleet, tmp_path, monkeypatch):
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator.run import run_sweep
     measure = {**MEASURE, "min_duration_s": 0.5}
     sweep = write_sweep(tmp_path / "killed.yaml", batch_sizes=[1, 2, 3, 4, 5, 6], measure=measure)
     db = tmp_path / "r.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(sweep), "--db", str(db),
+    proc = subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.cli", "run", str(sweep), "--db", str(db),
                              "--address", fleet.address], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:

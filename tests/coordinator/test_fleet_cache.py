@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from agent import cache
-from agent.backends.base import Artifact
-from agent.runner import run_job
-from shared.job import Job
-from shared.sweep import CompressionSpec, DatasetSpec
+from fleetbench.agent import cache
+from fleetbench.agent.backends.base import Artifact
+from fleetbench.agent.runner import run_job
+from fleetbench.shared.job import Job
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_the_key_covers_hardware_and_library_versions(cache_dir, demo_model_spec
             cache.cache_key(job, {**fp, "versions": {**fp["versions"], "onnxruntime": "0.0.1"}})}
     assert len(keys) == 5
     assert cache.cache_key(job) == cache.cache_key(job, fp)
-    from agent.backends import get
+    from fleetbench.agent.backends import get
     ts, ort = get("torchscript"), get("onnxruntime")   # the exporter's own source is in the key too
     assert cache.cache_key(job, fp, ts) != cache.cache_key(job, fp, ort) != cache.cache_key(job, fp)
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from coordinator.formats import FORMATS, format_float, render
+from fleetbench.coordinator.formats import FORMATS, format_float, render
 
 COLUMNS = ["model", "batch_size", "latency_p50_ms", "f1_macro", "size_mb", "cache_hit", "started_at"]
 ROWS = [

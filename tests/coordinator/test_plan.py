@@ -1,11 +1,11 @@
 """Planning without Ray: target selection, kinds from labels, unsupported rows, stable job ids."""
 import pytest
 
-from agent.probe import detect_kinds
-from coordinator.plan import plan, primary_kind, select_nodes
-from shared.errors import SweepError
-from shared.job import NodeProfile
-from shared.sweep import parse_sweep
+from fleetbench.agent.probe import detect_kinds
+from fleetbench.coordinator.plan import plan, primary_kind, select_nodes
+from fleetbench.shared.errors import SweepError
+from fleetbench.shared.job import NodeProfile
+from fleetbench.shared.sweep import parse_sweep
 
 CPU_ONLY = {"null": {"available": True, "devices": ["cpu"]},
             "onnxruntime": {"available": True, "devices": ["cpu"]},

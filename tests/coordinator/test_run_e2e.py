@@ -31,13 +31,13 @@ def write_sweep(path, **over):
 
 
 def coordinator(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "fleetbench.coordinator.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_sweep_streams_rows_into_duckdb_and_resume_reruns_only_the_rest(tmp_path):
-    from coordinator.run import run_sweep
+    from fleetbench.coordinator.run import run_sweep
     sweep, db = write_sweep(tmp_path / "sweep.yaml"), tmp_path / "r.duckdb"
     counts = run_sweep(str(sweep), db=str(db), progress=False)
     assert counts["ok"] == 6 and counts["failed"] == 2 and counts["unsupported"] == 4
@@ -98,7 +98,7 @@ def test_validate_ok_and_query_is_read_only(tmp_path):
     p = coordinator("validate", "examples/sweep.yaml")
     assert p.returncode == 0 and "ok" in p.stdout
     db = tmp_path / "q.duckdb"
-    from coordinator.store import Store
+    from fleetbench.coordinator.store import Store
     Store(db).close()
     p = coordinator("query", "SELECT count(*) AS n FROM results", "--db", db, "--format", "csv")
     assert p.returncode == 0 and p.stdout.splitlines() == ["n", "0"]

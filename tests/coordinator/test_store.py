@@ -13,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from coordinator.store import Store, query, result_schema
-from shared.errors import StoreError
-from shared.job import RESULT_COLUMNS, NodeProfile, Result
+from fleetbench.coordinator.store import Store, query, result_schema
+from fleetbench.shared.errors import StoreError
+from fleetbench.shared.job import RESULT_COLUMNS, NodeProfile, Result
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,8 +119,8 @@ def test_durable_after_kill(db: Path, tmp_path: Path) -> None:
     flag = tmp_path / "written"
     code = textwrap.dedent(f"""
         import time
-        from coordinator.store import Store
-        from shared.job import Result
+        from fleetbench.coordinator.store import Store
+        from fleetbench.shared.job import Result
         s = Store({str(db)!r})
         run = s.start_run("demo", "{{}}", None)
         s.put_result(Result(job_id="j1", sweep="demo", model="m", compression="none",
@@ -278,7 +278,7 @@ def _wait_for(flag: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None
 def test_query_while_writer_holds_file(db: Path, tmp_path: Path) -> None:
     Store(db).close()
     flag = tmp_path / "open"
-    code = (f"import time; from coordinator.store import Store; s = Store({str(db)!r}); "
+    code = (f"import time; from fleetbench.coordinator.store import Store; s = Store({str(db)!r}); "
             f"open({str(flag)!r}, 'w').close(); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:

@@ -1,8 +1,8 @@
 """Compression entries: every method and its parameter, and the errors that name the entry."""
 import pytest
 
-from shared.errors import SweepError
-from shared.sweep import CompressionSpec, parse_sweep
+from fleetbench.shared.errors import SweepError
+from fleetbench.shared.sweep import CompressionSpec, parse_sweep
 
 BASE = {
     "name": "t",
@@ -59,7 +59,7 @@ def test_duplicate_after_canonicalisation():
 
 
 def test_compression_example_validates_with_every_method():
-    from shared.sweep import load_sweep
+    from fleetbench.shared.sweep import load_sweep
     s = load_sweep("examples/compression.yaml")
     methods = {c.method for c in s.compression}
     assert methods == {"none", "fp16", "bf16", "int8-dynamic", "int8-static", "prune", "prune-channels", "cluster"}

@@ -1,7 +1,7 @@
 import pytest
 
-from shared.errors import SweepError
-from shared.sweep import CompressionSpec, load_sweep, parse_sweep
+from fleetbench.shared.errors import SweepError
+from fleetbench.shared.sweep import CompressionSpec, load_sweep, parse_sweep
 
 BASE = {
     "name": "t",
@@ -110,7 +110,7 @@ def test_bad_files(tmp_path):
 
 
 def test_job_id_is_stable_and_content_based(demo_model_spec, quick_measure):
-    from shared.job import Job
+    from fleetbench.shared.job import Job
     s = sweep()
     kw = dict(sweep="t", model=demo_model_spec, dataset=s.dataset, compression=s.compression[0],
               backend="pytorch", device="cpu", batch_size=1, measure=quick_measure, node_key="a")
