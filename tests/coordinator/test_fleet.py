@@ -214,7 +214,7 @@ def test_a_job_that_hangs_is_cancelled_at_its_timeout_and_the_node_goes_on(fleet
     db = tmp_path / "r.duckdb"
     t = time.monotonic()
     counts = run_sweep(str(sweep), db=str(db), address=fleet.address, progress=False)
-    assert time.monotonic() - t < 60
+    assert time.monotonic() - t < 240   # a guard against waiting out the hang, not a speed goal (a loaded CI box is slow)
     by = {r["backend"]: r for r in rows(db)}
     assert (by["pytorch"]["status"], by["pytorch"]["stage"]) == ("failed", "load")
     assert by["pytorch"]["error"] == "timed out after 10 s in stage load"
@@ -242,7 +242,7 @@ def test_a_node_that_leaves_mid_sweep_fails_only_its_unfinished_jobs(fleet, tmp_
     db = tmp_path / "r.duckdb"
     t = time.monotonic()
     counts = run_sweep(str(sweep), db=str(db), address=fleet.address, progress=False)
-    assert time.monotonic() - t < 120
+    assert time.monotonic() - t < 300   # likewise a guard, not a speed goal
     got = rows(db)
     assert len(got) == 10 and len({r["job_id"] for r in got}) == 10     # one row per planned job
     gone = [r for r in got if r["node_id"] == doomed.node_id]
