@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from fleetbench.shared.errors import SweepError
+from fleetbench.shared.errors import SweepError, printable
 
 BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino", "tensorrt", "tflite")
 SOURCE_SCHEMES = ("timm", "python", "onnx")
@@ -255,10 +255,16 @@ def _loc(loc: tuple) -> tuple:
     return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "tagged-union")))
 
 
-def _show(path: tuple) -> str:
+def show_path(path: tuple) -> str:
+    """`models[0].source`; a key that is not a plain name is quoted: `measure['a b']`."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_<][A-Za-z0-9_>-]{0,63}", str(part)):
+            out += ("." if out else "") + str(part)
+        else:
+            out += f"[{str(part)[:40]!r}]"
     return out
 
 
@@ -341,7 +347,7 @@ def parse_sweep(data: Any, origin: str = "sweep", doc=None) -> Sweep:
     """
     errors: list[tuple[Optional[tuple[int, int]], str, str]] = []
     for pos, path, msg in (doc.errors if doc is not None else []):
-        errors.append((pos, _show(path), msg))
+        errors.append((pos, show_path(path), msg))
     if not isinstance(data, dict):
         got = "an empty file" if data is None else _describe(data)
         errors.append(((1, 1) if doc is not None else None, "", f"expected a mapping at top level, got {got}"))
@@ -352,7 +358,7 @@ def parse_sweep(data: Any, origin: str = "sweep", doc=None) -> Sweep:
             for err in e.errors():
                 path, msg = _message(err)
                 pos = doc.where(path, key=err["type"] == "extra_forbidden") if doc is not None else None
-                errors.append((pos, _show(path), msg))
+                errors.append((pos, show_path(path), msg))
         else:
             if not errors:
                 return sweep
@@ -360,7 +366,7 @@ def parse_sweep(data: Any, origin: str = "sweep", doc=None) -> Sweep:
     lines = []
     for pos, path, msg in errors:
         where = f"{origin}:{pos[0]}:{pos[1]}" if pos else origin
-        lines.append(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
+        lines.append(printable(f"{where}: {path}: {msg}" if path else f"{where}: {msg}"))
     raise SweepError("\n".join(lines))
 
 

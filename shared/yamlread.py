@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from fleetbench.shared.errors import SweepError
+from fleetbench.shared.errors import SweepError, printable
 
 MAX_BYTES = 1 << 20        # a sweep is a few hundred bytes; 1 MiB leaves ample room
 MAX_NODES = 100_000        # values after alias expansion
@@ -46,6 +46,13 @@ class Document:
 
 def read_text(path: Path) -> str:
     """The file's text, or SweepError in one line for anything that is not a small UTF-8 text file."""
+    try:
+        return _read_text(path)
+    except SweepError as e:
+        raise SweepError(printable(str(e))) from None
+
+
+def _read_text(path: Path) -> str:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -89,9 +96,10 @@ def parse_yaml(text: str, origin: str) -> Document:
             mark = e.problem_mark or e.context_mark
             where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
             what = (e.problem or e.context or "syntax error").strip()
-            raise SweepError(f"{origin}{where}: invalid YAML: {what}") from None
+            raise SweepError(printable(f"{origin}{where}: invalid YAML: {what}")) from None
         except yaml.YAMLError as e:
-            raise SweepError(f"{origin}: invalid YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SweepError(printable(f"{origin}: invalid YAML: {first}")) from None
         doc = Document(data=None)
         if node is None:
             return doc
@@ -106,10 +114,8 @@ def _pos(node) -> tuple[int, int]:
 
 
 def _show(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-    return out or "(top level)"
+    from fleetbench.shared.sweep import show_path
+    return show_path(path) or "(top level)"
 
 
 class _Walker:
@@ -120,7 +126,7 @@ class _Walker:
 
     def _refuse(self, node, path: Path_, msg: str) -> SweepError:
         line, col = _pos(node)
-        return SweepError(f"{self.origin}:{line}:{col}: {_show(path)}: {msg}")
+        return SweepError(printable(f"{self.origin}:{line}:{col}: {_show(path)}: {msg}"))
 
     def build(self, node, path: Path_, depth: int) -> Any:
         self.count += 1
