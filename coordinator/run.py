@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from fleetbench.coordinator import cluster
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.report import fleet_table
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
@@ -78,7 +77,9 @@ def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -
     """
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))
-    payloads = {name: _payload(path) for name, path in files.items()}   # a bad file fails before Ray starts
+    fields = {m.name: f"{sweep_path}: models[{i}].{'checkpoint' if m.checkpoint else 'source'}"
+              for i, m in enumerate(sweep.models)}
+    payloads = {name: _payload(path, fields[name]) for name, path in files.items()}   # before Ray starts
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
     check_cache()
     if db is not None:
@@ -108,15 +109,19 @@ def check_db(db: str, resume_sweep: Optional[str] = None) -> None:
         raise SweepError(f"--db {e}") from None
 
 
-def _payload(path: Path) -> bytes:
-    """The bytes shipped to agents: the file itself, or for ONNX the model with its external data inlined."""
-    if path.suffix != ".onnx":
-        return path.read_bytes()
-    import onnx
+def _payload(path: Path, where: str = "") -> bytes:
+    """The bytes shipped to agents: the file itself, or for ONNX the model with its external data inlined
+    (ONNX refuses external data outside the model's folder)."""
+    from fleetbench.shared.errors import one_line
+    where = f"{where}: " if where else ""
     try:
+        if path.suffix != ".onnx":
+            return path.read_bytes()
+        import onnx
         return onnx.load(str(path)).SerializeToString()
     except Exception as e:
-        raise SweepError(f"{path}: cannot read ONNX model ({type(e).__name__}: {e})") from None
+        raise SweepError(f"{where}{path}: cannot read {'ONNX model' if path.suffix == '.onnx' else 'file'} "
+                         f"({one_line(e)})") from None
 
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
@@ -124,6 +129,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
     from fleetbench.coordinator.store import Store
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
+    from fleetbench.coordinator import cluster              # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
