@@ -69,6 +69,19 @@ class Checked:
     hashes: dict[str, str] = field(default_factory=dict)
 
 
+MIN_FILE_SIZE_LIMIT = 1 << 30   # Ray's logs and object spilling, engine caches and the results file
+
+
+def check_file_size_limit() -> None:
+    """A small `ulimit -f` makes Ray's start time out after a long wait: refuse it up front."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_FILE_SIZE_LIMIT:
+        raise SweepError(f"the file-size limit (ulimit -f) is {soft // 1024} KiB: Ray, the engine caches and the "
+                         f"results database need files of at least {MIN_FILE_SIZE_LIMIT >> 20} MiB; raise it "
+                         "(ulimit -f unlimited)")
+
+
 def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -> Checked:
     """Every check that needs no fleet, in the order a user would fix them; raises SweepError.
 
@@ -82,6 +95,7 @@ def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -
     payloads = {name: _payload(path, fields[name]) for name, path in files.items()}   # before Ray starts
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
     check_cache()
+    check_file_size_limit()
     if db is not None:
         check_db(db, sweep.name if resume else None)
     return Checked(sweep, files, payloads, hashes)

@@ -447,3 +447,17 @@ def test_bad_db_refused_fast_without_ray(tmp_path, sweep):
     assert (rc, ray_imported) == ("2", "False"), p.stderr
     assert p.stderr.strip().count("\n") == 0 and "another application" in p.stderr
     print(f"bad --db refused in {float(inner):.2f} s in-process, {wall:.2f} s with interpreter start; no Ray")
+
+
+def test_small_file_size_limit_refused_before_ray(tmp_path, sweep):
+    """`ulimit -f` too small for Ray: one line and exit 2 at once, not a traceback after Ray's timeout."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    code = ("import sys; from fleetbench.coordinator.cli import main; "
+            f"rc = main(['run', {str(sweep)!r}, '--db', {str(tmp_path / 'r.duckdb')!r}]); print(rc, 'ray' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, preexec_fn=limit)
+    assert p.stdout.split() == ["2", "False"], p.stderr
+    assert p.stderr == ("coordinator: the file-size limit (ulimit -f) is 1024 KiB: Ray, the engine caches and the "
+                        "results database need files of at least 1024 MiB; raise it (ulimit -f unlimited)\n")
