@@ -250,3 +250,28 @@ def test_python_tag_runs_nothing(tmp_path, capsys, monkeypatch):
 def test_good_sweep_passes(tmp_path, capsys):
     rc, lines, _ = validate(tmp_path, GOOD, capsys)
     assert rc == 0 and lines == []
+
+
+def test_schema_command_matches_the_shipped_schema_and_the_loader(capsys):
+    """`coordinator schema` is what examples/sweep.schema.json holds (editors use it), and it agrees
+    with the loader on the examples and on a few refusals."""
+    import json
+
+    import jsonschema
+    import yaml
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    repo = Path(__file__).resolve().parents[2]
+    assert schema == json.loads((repo / "examples" / "sweep.schema.json").read_text()), \
+        "regenerate: coordinator schema > examples/sweep.schema.json"
+    jsonschema.Draft202012Validator.check_schema(schema)
+    check = jsonschema.Draft202012Validator(schema)
+    for name in ("sweep.yaml", "compression.yaml"):
+        text = (repo / "examples" / name).read_text()
+        assert text.startswith("# yaml-language-server: $schema=sweep.schema.json\n")
+        assert list(check.iter_errors(yaml.safe_load(text))) == []
+    good = yaml.safe_load(GOOD)
+    assert list(check.iter_errors(good)) == []
+    for key, value in (("batch_sizes", [True]), ("batch_sizes", [5000]), ("compression", []),
+                       ("bakends", ["x"]), ("timeout_s", "9"), ("timeout_s", 1e9), ("targets", [])):
+        assert list(check.iter_errors({**good, key: value})), (key, value)
