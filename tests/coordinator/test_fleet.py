@@ -188,7 +188,7 @@ def test_nodes_command_and_a_selector_matching_nothing(fleet, tmp_path):
     assert not db.exists(), "nothing may be written before the sweep is valid"
     val = coordinator_cli("validate", sweep, "--address", fleet.address, "--db", db)   # agrees with run
     assert val.returncode == 2 and "targets[1]: 'kind:nvidia' matches no node" in val.stderr, val.stderr
-    ok = coordinator_cli("validate", write_sweep(tmp_path / "intel.yaml", targets=["kind:intel"]),
+    ok = coordinator_cli("validate", write_sweep(tmp_path / "one.yaml", targets=["node:n-cpu"]),
                          "--address", fleet.address, "--db", db)
     assert ok.returncode == 0 and ok.stdout.splitlines()[-1].endswith(": 1 of 2 node(s) selected"), ok.stdout
     assert not db.exists()
