@@ -63,6 +63,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FleetError as e:
         print(f"coordinator: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # `coordinator schema | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("coordinator: interrupted; rows stored so far are kept (continue with --resume)", file=sys.stderr)
         return EXIT_SIGINT
