@@ -12,11 +12,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetbench.shared.errors import SweepError
+from fleetbench.shared.vocab import METHODS, Backend, HwKind
 
-BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino", "tensorrt", "tflite")
+# What a sweep may name (the test-only `null` engine is accepted too, not advertised).
+BACKENDS = tuple(b.value for b in Backend if b is not Backend.NULL)
 SOURCE_SCHEMES = ("timm", "python", "onnx")
 DATASET_KINDS = ("digits", "imagefolder", "synthetic")
-HW_KINDS = ("cpu", "nvidia", "intel")
+HW_KINDS = tuple(k.value for k in HwKind)
 
 
 class _Strict(BaseModel):
@@ -75,8 +77,6 @@ class DatasetSpec(_Strict):
         return self
 
 
-_METHOD_PARAM = {"none": None, "fp16": None, "bf16": None, "int8-dynamic": None, "int8-static": None,
-                 "prune": "percent", "prune-channels": "percent", "cluster": "clusters"}
 
 
 class CompressionSpec(_Strict):
@@ -89,9 +89,9 @@ class CompressionSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "CompressionSpec":
-        if self.method not in _METHOD_PARAM:
-            raise ValueError(f"unknown method {self.method!r} (valid: {', '.join(_METHOD_PARAM)})")
-        need = _METHOD_PARAM[self.method]
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r} (valid: {', '.join(METHODS)})")
+        need = METHODS[self.method].param
         given = {k for k in ("percent", "clusters") if getattr(self, k) is not None}
         if need is None and given:
             raise ValueError(f"{self.method} takes no parameter")
@@ -100,7 +100,8 @@ class CompressionSpec(_Strict):
         if given - {need} - {None}:
             raise ValueError(f"{self.method} does not take {', '.join(sorted(given - {need}))}")
         if self.layers != "all" and need is None:
-            raise ValueError(f"{self.method} does not take layers (only prune, prune-channels and cluster do)")
+            raise ValueError(f"{self.method} does not take layers (only "
+                             f"{_or(m for m, i in METHODS.items() if i.param)} do)")
         if self.percent is not None and not 0 < self.percent < 100:
             raise ValueError(f"percent must be in (0, 100), got {self.percent:g}")
         if self.clusters is not None and not 2 <= self.clusters <= 65536:
@@ -126,16 +127,18 @@ class CompressionSpec(_Strict):
             return cls(**value)
         if not isinstance(value, str):
             raise ValueError(f"expected a string like 'cluster-32' or a mapping, got {type(value).__name__}")
-        if value in _METHOD_PARAM and _METHOD_PARAM[value] is None:
+        if value in METHODS and METHODS[value].param is None:
             return cls(method=value)
-        m = re.fullmatch(r"(prune-channels|prune|cluster)-(\d+(?:\.\d+)?)", value)
+        with_param = sorted((m for m, i in METHODS.items() if i.param), key=len, reverse=True)
+        m = re.fullmatch(f"({'|'.join(map(re.escape, with_param))})-(\\d+(?:\\.\\d+)?)", value)
         if not m:
-            raise ValueError(f"unknown method {value!r} (valid: {', '.join(_METHOD_PARAM)}; "
-                             "prune-<percent>, prune-channels-<percent>, cluster-<k>)")
+            forms = ", ".join(f"{name}-<{'k' if METHODS[name].param == 'clusters' else 'percent'}>"
+                              for name in METHODS if name in with_param)
+            raise ValueError(f"unknown method {value!r} (valid: {', '.join(METHODS)}; {forms})")
         method, num = m.groups()
-        if method == "cluster":
+        if METHODS[method].param == "clusters":
             if "." in num:
-                raise ValueError(f"cluster count must be an integer, got {num}")
+                raise ValueError(f"{method} count must be an integer, got {num}")
             return cls(method=method, clusters=int(num))
         return cls(method=method, percent=float(num))
 
@@ -219,6 +222,11 @@ class Sweep(_Strict):
         if len(set(comp)) != len(comp):
             raise ValueError("compression: duplicate entry")
         return self
+
+
+def _or(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _unique(v: list) -> list:

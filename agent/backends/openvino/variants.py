@@ -8,8 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from fleetbench.agent.compress.onnx_variants import calibration_batches
-from fleetbench.agent.compress.precision import describe, majority_dtype
+from fleetbench.agent.backends.precision import calibration_batches, describe, majority_dtype
 from fleetbench.shared.errors import Unsupported
 
 log = logging.getLogger(__name__)
@@ -38,12 +37,15 @@ def device_capabilities(device: str) -> Optional[list[str]]:
         return None
 
 
-def check(method: str, device: str) -> Optional[str]:
-    """Reason OpenVINO cannot do `method` on `device`, or None."""
-    if method == "int8-dynamic":
-        return ("openvino: int8-dynamic has no OpenVINO counterpart for this network: OpenVINO's run-time "
+INT8_DYNAMIC = ("openvino: int8-dynamic has no OpenVINO counterpart for this network: OpenVINO's run-time "
                 "dynamic quantization only covers FullyConnected layers of weight-compressed (LLM) models; "
                 "use int8-static (NNCF)")
+
+
+def check(method: str, device: str) -> Optional[str]:
+    """Reason OpenVINO cannot do `method` on `device` (asked of the device), or None."""
+    if method == "int8-dynamic":
+        return INT8_DYNAMIC
     if method in ("fp16", "bf16"):
         caps = device_capabilities(device)
         need = CAPABILITY[method]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetbench.agent.compress.cluster import layer_kind
-from fleetbench.agent.compress.precision import majority_dtype
+from fleetbench.agent.backends.precision import majority_dtype
 
 log = logging.getLogger(__name__)
 

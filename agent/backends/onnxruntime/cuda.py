@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fleetbench.agent.backends.base import Artifact, Engine
+from fleetbench.agent.paths import cache_dir
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 
@@ -28,7 +28,7 @@ NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(
 
 
 def ort_trt_cache() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE", Path.home() / ".cache" / "fleetbench")) / "ort-tensorrt"
+    return cache_dir("ort-tensorrt")
 
 
 def provider_chain(provider: str, device_id: int = 0) -> list[Any]:
@@ -66,11 +66,9 @@ def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, 
             out.append(f"vram: {vram.reason}")
         return out
 
-    eng = Engine(run=io.run, dtype=artifact.dtype, threads=threads, provider=used, vram=vram.peak,
-                 vram_source="nvml-process", close=vram.close)
-    eng.prepare_device_run = io.prepare_device_run
-    eng.notes = notes
-    return eng
+    return Engine(run=io.run, dtype=artifact.dtype, threads=threads, provider=used, vram=vram.peak,
+                  vram_source="nvml-process", close=vram.close, notes=notes,
+                  prepare_device_run=io.prepare_device_run)
 
 
 class BoundSession:
