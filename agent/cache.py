@@ -52,11 +52,19 @@ def fingerprint() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _source_hash(module: str) -> Optional[str]:
-    """Hash of a backend module's source: an edited exporter (same package version) is a new key."""
+    """Hash of a backend's source: an edited exporter (same package version) is a new key. A backend
+    that is a package (backends/onnxruntime/...) is hashed whole: its variants are part of its export."""
     import importlib.util
     try:
         spec = importlib.util.find_spec(module)
-        return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+        origin = Path(str(spec.origin)) if spec is not None else None
+        if origin is None or not origin.is_file():
+            return None
+        files = sorted(origin.parent.glob("*.py")) if origin.parent.name != "backends" else [origin]
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.read_bytes())
+        return digest.hexdigest()[:16]
     except (ImportError, AttributeError, TypeError, ValueError, OSError):
         return None
 
@@ -111,7 +119,8 @@ def store(job: Job, backend, artifact: Artifact, workdir: Path) -> Optional[Path
             shutil.copyfile(src, dst)
         manifest = {"format": FORMAT, "files": rels, "sizes": [(tmp / r).stat().st_size for r in rels],
                     "dtype": artifact.dtype,
-                    "compute_dtype": artifact.compute_dtype, "notes": list(artifact.notes), "job_id": job.job_id, "job": job.describe(),
+                    "compute_dtype": artifact.compute_dtype, "notes": list(artifact.notes),
+                    "job_id": job.job_id, "job": job.describe(),
                     "backend": job.backend, "fingerprint": fingerprint(),
                     "code": _source_hash(type(backend).__module__), "created": time.time()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -16,16 +16,15 @@ import os
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from fleetbench.agent import cache as engine_cache
-from fleetbench.agent import compress
-from fleetbench.agent import measure, sizes
+from fleetbench.agent import compress, measure, sizes
 from fleetbench.agent.backends import Artifact, Backend, Engine, ExportContext
 from fleetbench.agent.backends import get as get_backend
 from fleetbench.agent.quality import batches, predict, quality

@@ -10,8 +10,8 @@ from typing import Optional
 
 from fleetbench.coordinator import cluster
 from fleetbench.coordinator.formats import render
-from fleetbench.coordinator.report import fleet_table
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
+from fleetbench.coordinator.report import fleet_table
 from fleetbench.shared.errors import SweepError
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep

@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
-from fleetbench.agent.paths import cache_dir
 from fleetbench.agent.gpu import ProcessVram, device_index, nvidia_gpu, nvidia_gpus
+from fleetbench.agent.paths import cache_dir
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.vocab import HwKind

@@ -94,7 +94,7 @@ def _classifier(model):
             clf = get()
             if layer_kind(clf) is not None:
                 return clf
-        except Exception:  # noqa: BLE001 - some models have no usable classifier accessor
+        except Exception:  # any failure: some models have no usable classifier accessor
             pass
     layers = _all_layers(model)
     return layers[-1][1] if layers else None

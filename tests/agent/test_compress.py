@@ -8,10 +8,10 @@ import torch
 from fleetbench.agent import compress
 from fleetbench.agent.backends import ExportContext
 from fleetbench.agent.backends import get as get_backend
-from fleetbench.agent.compress.cluster import cluster_model, fold_batchnorm, kmeans_1d
 from fleetbench.agent.backends.onnxruntime.variants import onnx_variant
 from fleetbench.agent.backends.precision import calibration_batches, majority_dtype
 from fleetbench.agent.backends.pytorch.variants import torch_variant
+from fleetbench.agent.compress.cluster import cluster_model, fold_batchnorm, kmeans_1d
 from fleetbench.agent.compress.prune import prune_channels, prune_unstructured, recalibrate_batchnorm, sparsity
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.errors import Unsupported

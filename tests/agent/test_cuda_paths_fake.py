@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 
+from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.backends.onnxruntime import cuda as _ort_gpu
-from fleetbench.agent.backends.base import Artifact, Engine
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec

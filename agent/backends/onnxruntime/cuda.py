@@ -96,11 +96,12 @@ class BoundSession:
         self.sess.run_with_iobinding(io)               # first run: ORT allocates the output on the device
         io.bind_ortvalue_output(self.out_name, io.get_outputs()[0])
 
-        def device_run() -> None:
-            self.sess.run_with_iobinding(io)
-            io.synchronize_outputs()
+        keep = (xv, io)   # the bound OrtValues live as long as the call
 
-        device_run.keep = (xv, io)   # the bound OrtValues live as long as the call
+        def device_run() -> None:
+            self.sess.run_with_iobinding(keep[1])
+            keep[1].synchronize_outputs()
+
         return device_run
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+
 from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
 from fleetbench.agent.backends.pytorch.common import TorchBackend, set_threads, torch_devices, torch_engine, torch_precisions
 from fleetbench.shared.job import Job
