@@ -34,5 +34,9 @@ lint: install
 bench: install
 	$(BIN)/python bench/fidelity.py
 
+# Rerun the sweeps behind the README's tables and rewrite them, labelled with this machine and the command.
+readme-figures: install
+	$(BIN)/python scripts/readme_figures.py
+
 clean:
 	rm -rf $(VENV) results.duckdb
