@@ -1,6 +1,7 @@
 """ONNX Runtime: the exported ONNX graph run by an execution provider (CPU here; CUDA/TensorRT EPs on NVIDIA)."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -13,7 +14,10 @@ from fleetbench.shared.vocab import HwKind
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt-ep": "TensorrtExecutionProvider"}
-NVIDIA_DEVICES = ("cuda", "tensorrt-ep")
+# Devices other than cpu: the module of this package that builds their engine, and their hardware kind.
+# Another execution provider (OpenVINO EP, CoreML EP) is a line in each table and a module of its own.
+EP_MODULES = {"cuda": "cuda", "tensorrt-ep": "cuda"}
+HW_KINDS = {"cuda": HwKind.NVIDIA, "tensorrt-ep": HwKind.NVIDIA}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -41,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
         return None
 
     def hw_kind(self, device: str, node_kinds: Sequence[str]) -> str:
-        return HwKind.NVIDIA if device in NVIDIA_DEVICES else super().hw_kind(device, node_kinds)
+        return HW_KINDS.get(device) or super().hw_kind(device, node_kinds)
 
     def export(self, ctx: ExportContext) -> Artifact:
         from fleetbench.agent.backends.onnxruntime.variants import onnx_variant, ort_runtime_dtype
@@ -57,9 +61,9 @@ class OnnxRuntimeBackend(Backend):
         opts = session_options(ort, threads)
         opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")   # which EP ran each node
         provider = PROVIDERS[job.device]
-        if provider != PROVIDERS["cpu"]:
-            from fleetbench.agent.backends.onnxruntime.cuda import gpu_engine
-            return gpu_engine(ort, artifact, job, threads, opts, provider)
+        if job.device in EP_MODULES:
+            module = importlib.import_module(f"{__package__}.{EP_MODULES[job.device]}")
+            return module.gpu_engine(ort, artifact, job, threads, opts, provider)
         sess = ort.InferenceSession(str(artifact.main), sess_options=opts, providers=[provider])
         return Engine(run=_runner(sess), dtype=artifact.dtype, threads=threads, provider=sess.get_providers()[0])
 
