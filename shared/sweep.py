@@ -12,10 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetbench.shared.errors import SweepError
-from fleetbench.shared.vocab import METHODS, Backend, HwKind
+from fleetbench.shared.vocab import METHODS, BackendName, HwKind
 
 # What a sweep may name (the test-only `null` engine is accepted too, not advertised).
-BACKENDS = tuple(b.value for b in Backend if b is not Backend.NULL)
+BACKENDS = tuple(b.value for b in BackendName if b is not BackendName.NULL)
 SOURCE_SCHEMES = ("timm", "python", "onnx")
 DATASET_KINDS = ("digits", "imagefolder", "synthetic")
 HW_KINDS = tuple(k.value for k in HwKind)

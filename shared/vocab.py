@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Literal, Optional
 
 
-class Backend(StrEnum):
+class BackendName(StrEnum):
     """Every backend in the registry (agent/backends/__init__.py); `null` is the test-only engine."""
 
     PYTORCH = "pytorch"

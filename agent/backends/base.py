@@ -92,7 +92,7 @@ class Backend(ABC):
     """What every backend is: declared capabilities (class attributes) and four required methods.
 
     Capabilities:
-    - `name`: its registry name (shared.vocab.Backend).
+    - `name`: its registry name (shared.vocab.BackendName).
     - `precisions`: for every precision-level method of shared.vocab.METHODS, either the dtype the
       engine computes in (a str from shared.vocab.Dtype) or `Unsupported("why")`. Registration fails
       when a precision method is missing, so no method silently falls back to fp32.
