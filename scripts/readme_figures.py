@@ -50,8 +50,9 @@ FIGURES = [
 
 
 def machine_label() -> str:
-    from fleetbench.agent.probe import cpu_info
     import psutil
+
+    from fleetbench.agent.probe import cpu_info
     model, flags = cpu_info()
     cores = psutil.cpu_count(logical=False)
     ram = psutil.virtual_memory().total / 2**30
