@@ -27,7 +27,7 @@ test: install
 
 # ruff (style, imports, bugs, complexity bound), mypy, and no block of 6+ repeated lines in the packages.
 lint: install
-	$(BIN)/ruff check agent shared coordinator tests bench
+	$(BIN)/ruff check agent shared coordinator tests bench scripts
 	$(BIN)/python -m mypy agent shared coordinator
 	$(BIN)/python -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n agent shared coordinator bench
 
