@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 
 class BackendName(StrEnum):
-    """Every backend in the registry (agent/backends/__init__.py); `null` is the test-only engine."""
+    """Every shipped backend (BACKENDS below); `null` is the test-only engine."""
 
     PYTORCH = "pytorch"
     TORCHSCRIPT = "torchscript"
@@ -20,6 +20,19 @@ class BackendName(StrEnum):
     TENSORRT = "tensorrt"
     TFLITE = "tflite"
     NULL = "null"
+
+
+# The backend registry: name -> "module:Class", imported only when a job needs it (agent/backends/__init__.py
+# reads this table; the sweep schema accepts exactly its names). A new engine is one line here.
+BACKENDS: dict[str, object] = {
+    BackendName.PYTORCH: "fleetbench.agent.backends.pytorch.eager:PytorchBackend",
+    BackendName.TORCHSCRIPT: "fleetbench.agent.backends.pytorch.script:TorchScriptBackend",
+    BackendName.ONNXRUNTIME: "fleetbench.agent.backends.onnxruntime.backend:OnnxRuntimeBackend",
+    BackendName.OPENVINO: "fleetbench.agent.backends.openvino.backend:OpenVinoBackend",
+    BackendName.TENSORRT: "fleetbench.agent.backends.tensorrt:TensorRTBackend",
+    BackendName.TFLITE: "fleetbench.agent.backends.tflite:TFLiteBackend",
+    BackendName.NULL: "fleetbench.agent.backends.null:NullBackend",
+}
 
 
 class Method(StrEnum):

@@ -6,18 +6,13 @@ import importlib
 from typing import Union
 
 from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext, validate
+from fleetbench.shared.vocab import BACKENDS
 
 __all__ = ["Artifact", "Availability", "Backend", "Engine", "ExportContext", "get", "names", "register"]
 
-_REGISTRY: dict[str, Union[str, type[Backend]]] = {
-    "pytorch": "fleetbench.agent.backends.pytorch.eager:PytorchBackend",
-    "torchscript": "fleetbench.agent.backends.pytorch.script:TorchScriptBackend",
-    "onnxruntime": "fleetbench.agent.backends.onnxruntime.backend:OnnxRuntimeBackend",
-    "openvino": "fleetbench.agent.backends.openvino.backend:OpenVinoBackend",
-    "tensorrt": "fleetbench.agent.backends.tensorrt:TensorRTBackend",
-    "tflite": "fleetbench.agent.backends.tflite:TFLiteBackend",
-    "null": "fleetbench.agent.backends.null:NullBackend",
-}
+# The one registry table lives in shared.vocab (the sweep schema reads its names); values are lazy
+# "module:Class" targets, or a class registered at run time.
+_REGISTRY = BACKENDS
 
 
 def names() -> list[str]:
@@ -43,8 +38,8 @@ def backend_class(name: str) -> type[Backend]:
         raise KeyError(f"unknown backend {name!r} (valid: {', '.join(_REGISTRY)})")
     if isinstance(target, str):
         module, _, cls = target.partition(":")
-        return validate(getattr(importlib.import_module(module), cls))
-    return target
+        target = getattr(importlib.import_module(module), cls)
+    return validate(target)
 
 
 def get(name: str) -> Backend:

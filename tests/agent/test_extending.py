@@ -6,8 +6,8 @@ from fleetbench.agent import backends
 from fleetbench.agent.backends.base import Artifact, Backend
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.job import Job
-from fleetbench.shared.sweep import BACKENDS, CompressionSpec, DatasetSpec, ModelSpec, parse_sweep
-from fleetbench.shared.vocab import METHODS, MethodInfo
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, ModelSpec, parse_sweep
+from fleetbench.shared.vocab import METHODS, BackendName, MethodInfo
 
 LINEAR = ModelSpec(name="linear", source="python:tests.fixtures.numpy_backend:linear_classifier", num_classes=10,
                    input_size=(3, 16, 16))
@@ -27,6 +27,8 @@ def numpy_backend():
 
 
 def test_a_new_backend_is_one_module_and_one_registry_line(numpy_backend, quick_measure):
+    sweep = parse_sweep({"name": "s", "models": [LINEAR.model_dump()], "backends": ["numpy", "onnxruntime"]})
+    assert sweep.backends == ["numpy", "onnxruntime"]                 # sweep files may name it at once
     r = run_job(job("numpy", quick=quick_measure))
     assert r.status == "ok", (r.stage, r.error)
     assert r.dtype == "fp32" and r.provider.startswith("numpy-") and r.notes == "numpy fp32 weights"
@@ -48,7 +50,13 @@ def test_a_new_model_level_method_is_one_module_and_one_table_entry(monkeypatch,
 
 
 def test_the_sweep_schema_names_exactly_the_registered_backends():
-    assert set(BACKENDS) | {"null"} == set(backends.names())
+    from fleetbench.shared.errors import SweepError
+    assert set(backends.names()) == set(BackendName)                  # every shipped engine has its typed name
+    for name in backends.names():
+        parse_sweep({"name": "s", "models": [LINEAR.model_dump()], "backends": [name]})
+    with pytest.raises(SweepError, match=r"unknown backend 'numpy' \(valid: pytorch, torchscript, onnxruntime, "
+                                         r"openvino, tensorrt, tflite\)"):
+        parse_sweep({"name": "s", "models": [LINEAR.model_dump()], "backends": ["numpy"]})
 
 
 def test_a_backend_that_forgets_a_required_method_fails_at_registration():
