@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,intel,tflite,compress,test
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench readme-figures clean
 
 install: $(STAMP)
 
@@ -25,8 +25,18 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# ruff (style, imports, bugs, complexity bound), mypy, and no block of 6+ repeated lines in the packages.
+lint: install
+	$(BIN)/ruff check agent shared coordinator tests bench scripts
+	$(BIN)/python -m mypy agent shared coordinator
+	$(BIN)/python -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n agent shared coordinator bench
+
 bench: install
 	$(BIN)/python bench/fidelity.py
+
+# Rerun the sweeps behind the README's tables and rewrite them, labelled with this machine and the command.
+readme-figures: install
+	$(BIN)/python scripts/readme_figures.py
 
 clean:
 	rm -rf $(VENV) results.duckdb

@@ -6,12 +6,13 @@ this node's hardware (CPU model and ISA flags, GPU names and driver), library ve
 or exporter, or other hardware behind the same node name, is a different key.
 
 Layout: $FLEETBENCH_CACHE (default ~/.cache/fleetbench)/engines/<key>/ holds the artifact's files
-under their paths relative to the job's workdir, and manifest.json (files, dtype, meta, job, fingerprint).
+under their paths relative to the job's workdir, and manifest.json (files, dtype, compute_dtype, notes,
+job, fingerprint).
 An entry is written to a temporary folder and renamed into place, so readers see it whole or not at all.
 
-Only plain-file artifacts are cached: a backend says `cacheable = False` when its artifact lives in
-memory (PyTorch eager keeps the module itself), and an artifact whose `meta` does not survive JSON
-(a live object) is never cached. A broken or partial entry is a miss, never an error.
+Only plain-file artifacts are cached: a backend declares `cacheable = False` when its artifact is more
+than files (PyTorch eager keeps the module itself; TensorRT keeps engines in a cache of its own).
+A broken or partial entry is a miss, never an error.
 """
 from __future__ import annotations
 
@@ -26,16 +27,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fleetbench.agent.backends.base import Artifact
+from fleetbench.agent.paths import cache_dir
 from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2   # 2: typed notes and compute_dtype instead of a meta dict
 
 
 def cache_root() -> Path:
-    base = os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench"
-    return Path(base).expanduser() / "engines"
+    return cache_dir("engines")
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,11 +52,19 @@ def fingerprint() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=None)
 def _source_hash(module: str) -> Optional[str]:
-    """Hash of a backend module's source: an edited exporter (same package version) is a new key."""
+    """Hash of a backend's source: an edited exporter (same package version) is a new key. A backend
+    that is a package (backends/onnxruntime/...) is hashed whole: its variants are part of its export."""
     import importlib.util
     try:
         spec = importlib.util.find_spec(module)
-        return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+        origin = Path(str(spec.origin)) if spec is not None else None
+        if origin is None or not origin.is_file():
+            return None
+        files = sorted(origin.parent.glob("*.py")) if origin.parent.name != "backends" else [origin]
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.read_bytes())
+        return digest.hexdigest()[:16]
     except (ImportError, AttributeError, TypeError, ValueError, OSError):
         return None
 
@@ -67,7 +76,7 @@ def cache_key(job: Job, fp: Optional[dict[str, Any]] = None, backend=None) -> st
 
 
 def cacheable(backend) -> bool:
-    return getattr(backend, "cacheable", True)
+    return bool(backend.cacheable)
 
 
 def lookup(job: Job, backend) -> Optional[Artifact]:
@@ -84,7 +93,8 @@ def lookup(job: Job, backend) -> Optional[Artifact]:
             if path.stat().st_size != size:
                 log.warning("engine cache %s: %s changed size; ignoring the entry", entry.name, path.name)
                 return None
-        return Artifact(files=files, dtype=manifest["dtype"], meta=manifest.get("meta") or {})
+        return Artifact(files=files, dtype=manifest["dtype"], notes=list(manifest.get("notes") or []),
+                        compute_dtype=manifest.get("compute_dtype"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -92,11 +102,6 @@ def lookup(job: Job, backend) -> Optional[Artifact]:
 def store(job: Job, backend, artifact: Artifact, workdir: Path) -> Optional[Path]:
     """Keep the artifact's files for later identical jobs; returns the entry, or None when not cached."""
     if not cacheable(backend):
-        return None
-    try:
-        meta = json.loads(json.dumps(artifact.meta))
-    except (TypeError, ValueError):
-        log.debug("%s: artifact meta holds live objects; not cached", job.describe())
         return None
     rels = _relative_names(artifact.files, Path(workdir))
     if rels is None:
@@ -113,7 +118,9 @@ def store(job: Job, backend, artifact: Artifact, workdir: Path) -> Optional[Path
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         manifest = {"format": FORMAT, "files": rels, "sizes": [(tmp / r).stat().st_size for r in rels],
-                    "dtype": artifact.dtype, "meta": meta, "job_id": job.job_id, "job": job.describe(),
+                    "dtype": artifact.dtype,
+                    "compute_dtype": artifact.compute_dtype, "notes": list(artifact.notes),
+                    "job_id": job.job_id, "job": job.describe(),
                     "backend": job.backend, "fingerprint": fingerprint(),
                     "code": _source_hash(type(backend).__module__), "created": time.time()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

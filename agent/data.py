@@ -56,7 +56,7 @@ def _check_size(input_size: Sequence[int]) -> tuple[int, int, int]:
     size = tuple(int(v) for v in input_size)
     if len(size) != 3 or min(size) <= 0:
         raise StageError("load", f"input_size must be three positive integers (C, H, W), got {list(input_size)}")
-    return size  # type: ignore[return-value]
+    return size[0], size[1], size[2]
 
 
 # ---- digits -------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def weights_cache_dir() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench") / "weights"
+    from fleetbench.agent.paths import cache_dir
+    return cache_dir("weights")
 
 
 def materialise_weights(data: bytes, sha256: str, suffix: str) -> Path:

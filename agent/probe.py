@@ -10,6 +10,7 @@ from typing import Optional
 from fleetbench.agent import backends
 from fleetbench.agent.gpu import nvidia_gpus
 from fleetbench.shared.job import NodeProfile
+from fleetbench.shared.vocab import BackendName
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
@@ -72,7 +73,7 @@ def probe(labels: Optional[dict[str, str]] = None) -> NodeProfile:
             backend_info[name] = backends.get(name).probe().as_dict()
         except Exception as e:  # a broken install must not break the probe
             backend_info[name] = {"available": False, "reason": f"{name}: {type(e).__name__}: {e}", "devices": []}
-    ov = backend_info.get("openvino", {})
+    ov = backend_info.get(BackendName.OPENVINO, {})
     hostname = socket.gethostname()
     return NodeProfile(
         hostname=hostname, kinds=detect_kinds(cpu_model, gpus, labels.get("fleet.kind")),

@@ -1,26 +1,36 @@
 """Quality of a model's predictions: scikit-learn metrics and agreement with the fp32 reference."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 
-def quality(pred: np.ndarray, labels: Optional[np.ndarray], reference: np.ndarray) -> dict[str, Optional[float]]:
+@dataclass(frozen=True)
+class Quality:
+    """The evaluate stage's figures (Result columns of the same names)."""
+
+    top1_agreement: float
+    eval_samples: int
+    accuracy: Optional[float] = None
+    precision_macro: Optional[float] = None
+    recall_macro: Optional[float] = None
+    f1_macro: Optional[float] = None
+
+
+def quality(pred: np.ndarray, labels: Optional[np.ndarray], reference: np.ndarray) -> Quality:
     """Accuracy and macro precision/recall/F1 against `labels` (None: left None), and top-1 agreement
     with the reference predictions (the uncompressed fp32 eager model on the same inputs)."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     pred = np.asarray(pred)
-    out: dict[str, Optional[float]] = {
-        "top1_agreement": float(np.mean(pred == np.asarray(reference))),
-        "accuracy": None, "precision_macro": None, "recall_macro": None, "f1_macro": None,
-    }
-    if labels is not None:
-        p, r, f, _ = precision_recall_fscore_support(labels, pred, average="macro", zero_division=0)
-        out.update(accuracy=float(accuracy_score(labels, pred)), precision_macro=float(p),
+    agreement = float(np.mean(pred == np.asarray(reference)))
+    if labels is None:
+        return Quality(agreement, len(pred))
+    p, r, f, _ = precision_recall_fscore_support(labels, pred, average="macro", zero_division=0)
+    return Quality(agreement, len(pred), accuracy=float(accuracy_score(labels, pred)), precision_macro=float(p),
                    recall_macro=float(r), f1_macro=float(f))
-    return out
 
 
 def batches(x: np.ndarray, batch_size: int):

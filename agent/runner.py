@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import gc
 import logging
@@ -15,20 +16,21 @@ import os
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from fleetbench.agent import cache as engine_cache
-from fleetbench.agent import compress
-from fleetbench.agent import measure, sizes
-from fleetbench.agent.backends import ExportContext
+from fleetbench.agent import compress, measure, sizes
+from fleetbench.agent.backends import Artifact, Backend, Engine, ExportContext
 from fleetbench.agent.backends import get as get_backend
 from fleetbench.agent.quality import batches, predict, quality
 from fleetbench.shared.errors import FleetError, StageError, Unsupported, one_line
-from fleetbench.shared.job import Job, Result
+from fleetbench.shared.job import RESULT_COLUMNS, Job, Result
+from fleetbench.shared.vocab import Stage, Status
 
 log = logging.getLogger(__name__)
 MB = 2**20
@@ -59,6 +61,97 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+@dataclass
+class Loaded:
+    """The load stage: dataset, fp32 model (None for onnx: sources), and the agreement reference."""
+
+    data: Any
+    model: Any
+    onnx_source: Optional[Path]
+    reference: Optional[np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """The compress stage: the sparsity a prune reached (None for other methods)."""
+
+    sparsity: Optional[float]
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The export stage (Result columns of the same names)."""
+
+    export_s: float
+    cache_hit: Optional[bool]
+    size_mb: float
+    size_compressed_mb: float
+
+
+@dataclass(frozen=True)
+class Built:
+    """The build stage: what the engine says it computes in, and how long it took."""
+
+    build_s: float
+    dtype: str
+    threads: Optional[int]
+    provider: Optional[str]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The measure stage (Result columns of the same names)."""
+
+    first_ms: float
+    latency_mean_ms: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    latency_std_ms: float
+    latency_min_ms: float
+    iterations: int
+    measure_s: float
+    throughput_ips: float
+    latency_device_p50_ms: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """RAM and VRAM over build, measure and evaluate."""
+
+    ram_peak_mb: float
+    ram_delta_mb: float
+    vram_peak_mb: Optional[float] = None
+    vram_source: Optional[str] = None
+
+
+@dataclass
+class Outcome:
+    """What the stages returned so far (a failed job keeps what was measured before it failed)."""
+
+    records: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, record: Any, notes: Sequence[str] = ()) -> None:
+        self.records.append(record)
+        self.notes.extend(notes)
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for record in self.records:
+            for f in dataclasses.fields(record):
+                if f.name not in _COLUMNS:
+                    raise TypeError(f"{type(record).__name__}.{f.name} is not a Result column")
+                out[f.name] = getattr(record, f.name)
+        return out
+
+
+# Columns a stage record may fill: not the job's own (Result.for_job) nor notes (a record's notes join them).
+_COLUMNS = set(RESULT_COLUMNS) - {"job_id", "sweep", "model", "compression", "backend", "device", "batch_size",
+                                  "node_id", "hostname", "hw_kind", "notes"}
+
+
 def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] = None,
             on_stage: Optional[Callable[[str], None]] = None) -> Result:
     """Run one job and return its row; never raises for a job's own failure.
@@ -66,29 +159,29 @@ def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] =
     `weights`: the checkpoint's bytes, shipped by the coordinator (cached here by content hash).
     `on_stage(name)` is called as each stage begins (the coordinator tracks where a job died).
     """
-    res = Result.for_job(job, started_at=_now())
+    started_at = _now()
     t0 = time.perf_counter()
-    notes: list[str] = []
+    out = Outcome()
+    status: dict[str, Any] = {"status": Status.OK}
     try:
         with contextlib.ExitStack() as stack:
             if workdir is None:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetbench-")))
-            _execute(job, res, notes, weights, Path(workdir), functools.partial(stage, on_stage=on_stage))
+            _execute(job, out, weights, Path(workdir), functools.partial(stage, on_stage=on_stage))
     except Unsupported as e:
-        res.status, res.error = "unsupported", one_line(e)
+        status = {"status": Status.UNSUPPORTED, "error": one_line(e)}
     except StageError as e:
-        res.status, res.stage, res.error = "failed", e.stage, one_line(e)
-        log.error("%s failed in %s: %s\n%s", job.describe(), e.stage, res.error, traceback.format_exc())
+        status = {"status": Status.FAILED, "stage": e.stage, "error": one_line(e)}
+        log.error("%s failed in %s: %s\n%s", job.describe(), e.stage, status["error"], traceback.format_exc())
     except Exception as e:  # a bug outside any stage: still a row, never a lost job
-        res.status, res.stage, res.error = "failed", "load", one_line(e)
-        log.error("%s failed: %s\n%s", job.describe(), res.error, traceback.format_exc())
-    res.notes = "; ".join(notes) or None
-    res.finished_at = _now()
-    res.wall_s = time.perf_counter() - t0
-    return res
+        status = {"status": Status.FAILED, "stage": Stage.LOAD, "error": one_line(e)}
+        log.error("%s failed: %s\n%s", job.describe(), status["error"], traceback.format_exc())
+    return Result.for_job(job, **status, **out.fields(), notes="; ".join(out.notes) or None,
+                          started_at=started_at, finished_at=_now(), wall_s=time.perf_counter() - t0)
 
 
-def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], workdir: Path, stage) -> None:
+def _backend_for(job: Job) -> Backend:
+    """The job's backend, if it can run this job on this node; else Unsupported with the reason."""
     try:
         backend = get_backend(job.backend)
     except KeyError:
@@ -104,63 +197,69 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
     reason = backend.check(job) or compress.check(job, backend)
     if reason:
         raise Unsupported(reason)
+    return backend
 
+
+def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, stage) -> None:
+    backend = _backend_for(job)
     threads = job.measure.threads or default_threads()
-    needs_model = getattr(backend, "needs_model", True)
-    if needs_model:
+    if backend.needs_model:
         _import_libraries()
     baseline_mb = measure.rss_mb()
-    with stage("load"):
-        data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model)
+    with stage(Stage.LOAD):
+        loaded = _load(job, weights, threads, backend.needs_model)
+    out.notes.extend(loaded.notes)
 
-    with stage("compress"):
-        model = _compress(job, model, data, notes, res)
+    with stage(Stage.COMPRESS):
+        change = compress.apply(job, loaded.model, loaded.data.calib_x)
+    out.add(Compressed(change.sparsity), change.notes)
 
-    example = next(batches(data.eval_x[: job.batch_size], job.batch_size))[0]
-    ctx = ExportContext(job=job, model=model, example=example, workdir=workdir, calib_x=data.calib_x,
-                        onnx_source=onnx_source)
-    with stage("export"):
-        t = time.perf_counter()
-        artifact = engine_cache.lookup(job, backend)   # engine cache: a hit skips the export (export_s 0)
-        res.cache_hit = artifact is not None if engine_cache.cacheable(backend) else None
-        res.export_s = 0.0
-        if artifact is None:
-            artifact = backend.export(ctx)
-            res.export_s = time.perf_counter() - t
-            engine_cache.store(job, backend, artifact, workdir)
-        if res.cache_hit is None:   # a backend with a cache of its own (TensorRT engines) says so itself
-            res.cache_hit = artifact.meta.get("cache_hit")
-        res.size_mb = sizes.size_bytes(artifact.files) / MB
-        res.size_compressed_mb = sizes.compressed_bytes(artifact.files) / MB
-        notes.extend(artifact.meta.get("notes") or ())   # what the export did (quantized layers, precision seen)
-    del ctx, model
+    example = next(batches(loaded.data.eval_x[: job.batch_size], job.batch_size))[0]
+    ctx = ExportContext(job=job, model=change.model, example=example, workdir=workdir,
+                        calib_x=loaded.data.calib_x, onnx_source=loaded.onnx_source)
+    with stage(Stage.EXPORT):
+        artifact, exported = _export(job, backend, ctx, workdir)
+    out.add(exported, artifact.notes)   # what the export did (quantized layers, precision seen)
+    del ctx, change
+    loaded.model = None
     _release_memory()
     if not measure.reset_peak():
-        notes.append("kernel peak RSS could not be reset: ram_peak_mb covers the whole job")
+        out.notes.append("kernel peak RSS could not be reset: ram_peak_mb covers the whole job")
 
     with measure.PeakRSS() as mem:
-        with stage("build"):
+        with stage(Stage.BUILD):
             t = time.perf_counter()
             engine = backend.load(artifact, job, threads)
-            res.build_s = time.perf_counter() - t
-        res.dtype, res.threads, res.provider = engine.dtype, engine.threads, engine.provider
-        with stage("measure"):
-            _measure(engine, example, job, res)
-            _measure_device_resident(engine, example, job, res)
-        with stage("evaluate"):
-            if needs_model:
-                pred = predict(engine.run, data.eval_x, job.batch_size)
-                res.__dict__.update(quality(pred, data.eval_y, reference))
-                res.eval_samples = int(len(pred))
-    res.ram_peak_mb = mem.peak_mb
-    res.ram_delta_mb = mem.peak_mb - baseline_mb
-    if engine.vram is not None:
-        res.vram_peak_mb, res.vram_source = engine.vram(), engine.vram_source
-    notes.extend(engine.notes())   # engine-specific notes (placement, caches, VRAM source)
+            out.add(Built(time.perf_counter() - t, engine.dtype, engine.threads, engine.provider))
+        with stage(Stage.MEASURE):
+            out.add(_measure(engine, example, job))
+        with stage(Stage.EVALUATE):
+            if backend.needs_model:
+                pred = predict(engine.run, loaded.data.eval_x, job.batch_size)
+                out.add(quality(pred, loaded.data.eval_y, loaded.reference))
+    vram = (engine.vram(), engine.vram_source) if engine.vram is not None else (None, None)
+    out.add(Memory(mem.peak_mb, mem.peak_mb - baseline_mb, *vram),
+            engine.notes())   # engine-specific notes (placement, caches, VRAM source)
     engine.close()
 
 
-def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, needs_model: bool):
+def _export(job: Job, backend: Backend, ctx: ExportContext, workdir: Path) -> tuple[Artifact, Exported]:
+    """The engine cache's artifact (a hit skips the export: export_s 0), else the backend's export."""
+    t = time.perf_counter()
+    artifact = engine_cache.lookup(job, backend)
+    cache_hit = artifact is not None if backend.cacheable else None
+    export_s = 0.0
+    if artifact is None:
+        artifact = backend.export(ctx)
+        export_s = time.perf_counter() - t
+        engine_cache.store(job, backend, artifact, workdir)
+    if cache_hit is None:   # a backend with a cache of its own (TensorRT engines) says so itself
+        cache_hit = artifact.cache_hit
+    return artifact, Exported(export_s, cache_hit, sizes.size_bytes(artifact.files) / MB,
+                              sizes.compressed_bytes(artifact.files) / MB)
+
+
+def _load(job: Job, weights: Optional[bytes], threads: int, needs_model: bool) -> Loaded:
     """Dataset, fp32 model, and the fp32 eager model's predictions (the agreement reference)."""
     from fleetbench.agent.data import load_dataset
     data = load_dataset(job.dataset, tuple(job.model.input_size))
@@ -169,7 +268,7 @@ def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, ne
                                  f"num_classes is {job.model.num_classes}: labels {job.model.num_classes}.."
                                  f"{len(data.classes) - 1} are outside the model's classes")
     if not needs_model:
-        return data, None, None, None
+        return Loaded(data, None, None, None)
     checkpoint = None
     if weights is not None and job.weights_sha256:
         from fleetbench.agent.models import materialise_weights
@@ -178,51 +277,35 @@ def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, ne
     if job.model.scheme == "onnx":
         path = checkpoint or Path(job.model.source.partition(":")[2])
         if not path.is_file():
-            raise StageError("load", f"{path}: ONNX model not found")
-        return data, None, path, _onnx_reference(path, data.eval_x, job.batch_size, threads)
+            raise StageError(Stage.LOAD, f"{path}: ONNX model not found")
+        from fleetbench.agent.backends.onnxruntime.backend import reference_runner
+        return Loaded(data, None, path, predict(reference_runner(path, threads), data.eval_x, job.batch_size))
     from fleetbench.agent.models import load_model
     model, model_notes = load_model(job.model, checkpoint)
-    notes.extend(model_notes)
     import torch
     torch.set_num_threads(threads)
     with torch.inference_mode():
         reference = predict(lambda x: model(torch.from_numpy(x)).numpy(), data.eval_x, 64)
-    return data, model, None, reference
+    return Loaded(data, model, None, reference, list(model_notes))
 
 
-def _onnx_reference(path: Path, x: np.ndarray, batch_size: int, threads: int) -> np.ndarray:
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return predict(lambda b: sess.run(None, {name: b})[0], x, batch_size)
-
-
-def _compress(job: Job, model, data, notes: list[str], res: Result):
-    if job.compression.method == "none" or model is None:
-        return model
-    return compress.apply(job, model, data, notes, res)
-
-
-def _measure(engine, example: np.ndarray, job: Job, res: Result) -> None:
+def _measure(engine: Engine, example: np.ndarray, job: Job) -> Measured:
     t = time.perf_counter()
     engine.run(example)
-    res.first_ms = (time.perf_counter() - t) * 1e3
-    samples = measure.time_loop(lambda: engine.run(example), job.measure)
-    stats = measure.summarize(samples)
-    res.latency_mean_ms, res.latency_p50_ms, res.latency_p90_ms = stats.mean_ms, stats.p50_ms, stats.p90_ms
-    res.latency_p99_ms, res.latency_std_ms, res.latency_min_ms = stats.p99_ms, stats.std_ms, stats.min_ms
-    res.iterations, res.measure_s = stats.iterations, stats.window_s
-    res.throughput_ips = stats.throughput(job.batch_size)
+    first_ms = (time.perf_counter() - t) * 1e3
+    stats = measure.summarize(measure.time_loop(lambda: engine.run(example), job.measure))
+    return Measured(first_ms, stats.mean_ms, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.std_ms, stats.min_ms,
+                    stats.iterations, stats.window_s, stats.throughput(job.batch_size),
+                    _measure_device_resident(engine, example, job))
 
 
-def _measure_device_resident(engine, example: np.ndarray, job: Job, res: Result) -> None:
+def _measure_device_resident(engine: Engine, example: np.ndarray, job: Job) -> Optional[float]:
     """GPU engines that can run on inputs already on the device are timed that way too, so the row
     tells device-resident time from host end-to-end time (copies in and out included)."""
-    if engine.prepare_device_run is not None:
-        run = engine.prepare_device_run(example)
-        res.latency_device_p50_ms = measure.summarize(measure.time_loop(run, job.measure)).p50_ms
+    if engine.prepare_device_run is None:
+        return None
+    run = engine.prepare_device_run(example)
+    return measure.summarize(measure.time_loop(run, job.measure)).p50_ms
 
 
 def _import_libraries() -> None:

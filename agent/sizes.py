@@ -1,8 +1,9 @@
 """Artifact size: bytes of every file on disk, and the same after zstd (where clustering and pruning show)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 MB = 2**20
 
@@ -17,7 +18,12 @@ def artifact_files(paths: Iterable[Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
     seen: set[Path] = set()
-    return [f for f in out if not (f.resolve() in seen or seen.add(f.resolve()))]
+    unique = []
+    for f in out:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
 
 
 def size_bytes(paths: Iterable[Path]) -> int:
@@ -26,10 +32,11 @@ def size_bytes(paths: Iterable[Path]) -> int:
 
 def compressed_bytes(paths: Iterable[Path], level: int = 9) -> int:
     """Total bytes after compressing each file with zstd (gzip where zstandard is missing)."""
+    compress: Callable[[bytes], bytes]
     try:
         import zstandard
         compress = zstandard.ZstdCompressor(level=level).compress
     except ImportError:  # pragma: no cover - zstandard is a base dependency
         import gzip
-        compress = lambda b: gzip.compress(b, compresslevel=level)  # noqa: E731
+        compress = functools.partial(gzip.compress, compresslevel=level)
     return sum(len(compress(f.read_bytes())) for f in artifact_files(paths))

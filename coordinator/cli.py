@@ -41,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     val.add_argument("sweep")
     val.add_argument("--db", default="results.duckdb", help="results file `run` would write (checked, not written)")
     val.add_argument("--address", help="also check `targets` against this running Ray cluster")
-    sch = sub.add_parser("schema", help="print the JSON Schema of a sweep file (for editors)")
+    sub.add_parser("schema", help="print the JSON Schema of a sweep file (for editors)")
     mig = sub.add_parser("migrate", help="upgrade a results file of an older fleetbench (one transaction)")
     mig.add_argument("--db", default="results.duckdb")
     q = sub.add_parser("query", help="run one read-only SQL statement on the results")

@@ -46,13 +46,9 @@ def select_nodes(targets: list[str], nodes: list[NodeProfile]) -> list[NodeProfi
 
 
 def primary_kind(node: NodeProfile, backend: str, device: str) -> str:
-    """The hardware kind a row is filed under: the accelerator it ran on, else the node's most specific kind."""
-    if device.startswith(("cuda", "tensorrt")) or backend == "tensorrt":
-        return "nvidia"
-    specific = [k for k in node.kinds if k != "cpu"]
-    if backend == "openvino" and "intel" in node.kinds:
-        return "intel"
-    return specific[0] if specific and device != "cpu" else ("intel" if "intel" in node.kinds else "cpu")
+    """The hardware kind a row is filed under: the backend says which kind its device belongs to."""
+    from fleetbench.agent.backends import get
+    return get(backend).hw_kind(device, node.kinds)
 
 
 def plan(sweep: Sweep, nodes: list[NodeProfile], weights: Optional[dict[str, str]] = None) -> Plan:

@@ -31,7 +31,9 @@ def _prf(r: dict) -> Any:
 
 
 def _row(r: dict) -> list[Any]:
-    status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('stage') or ''} {r.get('error') or ''}".replace("  ", " ")
+    status = r["status"]
+    if status != "ok":
+        status = f"{status}: {r.get('stage') or ''} {r.get('error') or ''}".replace("  ", " ")
     return [r["model"], r["compression"], r["backend"], r["device"], r.get("dtype"), r["batch_size"],
             r.get("size_mb"), r.get("size_compressed_mb"), r.get("latency_p50_ms"), r.get("latency_p90_ms"),
             r.get("throughput_ips"), r.get("ram_peak_mb"), r.get("ram_delta_mb"), r.get("vram_peak_mb"), _prf(r),

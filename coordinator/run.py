@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from fleetbench.coordinator.formats import render
-from fleetbench.coordinator.report import fleet_table
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
+from fleetbench.coordinator.report import fleet_table
 from fleetbench.shared.errors import StoreError, SweepError
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep
@@ -143,7 +143,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
     from fleetbench.coordinator.store import Store
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
-    from fleetbench.coordinator import cluster              # imports Ray: only for a sweep that will run
+    from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))

@@ -1,7 +1,9 @@
 """Project error types. Third-party exceptions are translated into these at one boundary per stage."""
 from __future__ import annotations
 
-STAGES = ("load", "compress", "export", "build", "measure", "evaluate")
+from fleetbench.shared.vocab import Stage
+
+STAGES = tuple(Stage)
 
 
 class FleetError(Exception):

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
-
-STATUSES = ("ok", "failed", "unsupported")
+from fleetbench.shared.vocab import HwKind, Status
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class Job:
     node_key: str = "local"        # stable name of the node (label fleet.node or hostname)
     node_id: str = ""              # Ray's hex node id (changes when a node restarts)
     hostname: str = ""
-    hw_kind: str = "cpu"
+    hw_kind: str = HwKind.CPU
     weights_sha256: Optional[str] = None   # content hash of the checkpoint file, when there is one
     timeout_s: float = 900.0
 
@@ -67,7 +66,7 @@ class Result:
     node_id: str
     hostname: str
     hw_kind: str
-    status: str = "ok"
+    status: str = Status.OK
     stage: Optional[str] = None
     error: Optional[str] = None
     run_id: Optional[str] = None

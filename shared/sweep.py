@@ -12,15 +12,17 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetbench.shared.errors import SweepError, printable
+from fleetbench.shared.vocab import BACKENDS as REGISTRY
+from fleetbench.shared.vocab import METHODS, BackendName, HwKind
 
-BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino", "tensorrt", "tflite")
+# The registry's names; the test-only `null` engine is accepted but not advertised.
+BACKENDS = tuple(n for n in REGISTRY if n != BackendName.NULL)
 SOURCE_SCHEMES = ("timm", "python", "onnx")
 DATASET_KINDS = ("digits", "imagefolder", "synthetic")
-HW_KINDS = ("cpu", "nvidia", "intel")
+HW_KINDS = tuple(k.value for k in HwKind)
 
 # Documented bounds (also in the JSON Schema and the README's sweep reference).
 MAX_BATCH = 4096
@@ -91,8 +93,13 @@ class DatasetSpec(_Strict):
         return self
 
 
-_METHOD_PARAM = {"none": None, "fp16": None, "bf16": None, "int8-dynamic": None, "int8-static": None,
-                 "prune": "percent", "prune-channels": "percent", "cluster": "clusters"}
+def _params() -> dict[str, Optional[str]]:
+    """Method name -> the parameter it takes, read from the one method table each time."""
+    return {name: info.param for name, info in METHODS.items()}
+
+
+def _text_forms() -> str:
+    return ", ".join(f"{m}-<{'k' if p == 'clusters' else p}>" for m, p in _params().items() if p)
 
 
 class CompressionSpec(_Strict):
@@ -115,10 +122,11 @@ class CompressionSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "CompressionSpec":
-        if self.method not in _METHOD_PARAM:
-            raise ValueError(f"unknown method {self.method!r}{did_you_mean(self.method, _METHOD_PARAM)} "
-                             f"(valid: {', '.join(_METHOD_PARAM)})")
-        need = _METHOD_PARAM[self.method]
+        params = _params()
+        if self.method not in params:
+            raise ValueError(f"unknown method {self.method!r}{did_you_mean(self.method, params)} "
+                             f"(valid: {', '.join(params)})")
+        need = params[self.method]
         given = {k for k in ("percent", "clusters") if getattr(self, k) is not None}
         if need is None and given:
             raise ValueError(f"{self.method} takes no parameter")
@@ -157,17 +165,18 @@ class CompressionSpec(_Strict):
 
     @staticmethod
     def _text_fields(value: str) -> dict:
-        if value in _METHOD_PARAM and _METHOD_PARAM[value] is None:
+        params = _params()
+        if value in params and params[value] is None:
             return {"method": value}
-        m = re.fullmatch(r"(prune-channels|prune|cluster)-(\d{1,9}(?:\.\d{1,9})?)", value)
+        with_param = sorted((m for m, p in params.items() if p), key=len, reverse=True)
+        m = re.fullmatch(f"({'|'.join(map(re.escape, with_param))})" r"-(\d{1,9}(?:\.\d{1,9})?)", value)
         if not m:
-            raise ValueError(f"unknown method {value!r}{did_you_mean(value, _METHOD_PARAM)} "
-                             f"(valid: {', '.join(_METHOD_PARAM)}; "
-                             "prune-<percent>, prune-channels-<percent>, cluster-<k>)")
+            raise ValueError(f"unknown method {value!r}{did_you_mean(value, params)} "
+                             f"(valid: {', '.join(params)}; {_text_forms()})")
         method, num = m.groups()
-        if method == "cluster":
+        if params[method] == "clusters":
             if "." in num:
-                raise ValueError(f"cluster count must be an integer, got {num}")
+                raise ValueError(f"{method} count must be an integer, got {num}")
             return {"method": method, "clusters": int(num)}
         return {"method": method, "percent": float(num)}
 
@@ -187,7 +196,7 @@ class MeasureSpec(_Strict):
 
 
 def _backend(b: str) -> str:
-    if b not in BACKENDS and b != "null":
+    if b not in REGISTRY:
         raise ValueError(f"unknown backend {b!r}{did_you_mean(b, BACKENDS)} (valid: {', '.join(BACKENDS)})")
     return b
 

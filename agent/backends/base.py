@@ -1,13 +1,16 @@
-"""The one small protocol every backend implements."""
+"""The contract every backend implements: an abstract base class with declared capabilities, checked at registration."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
+from fleetbench.shared.vocab import Dtype, HwKind, methods_at
 
 
 @dataclass(frozen=True)
@@ -46,20 +49,28 @@ class ExportContext:
 
 @dataclass
 class Artifact:
-    """The files a backend exported, and what its engine will compute in."""
+    """The files a backend exported, and what its engine will compute in.
+
+    Only `files`, `dtype`, `compute_dtype` and `notes` are kept by the engine cache (agent/cache.py);
+    a backend whose artifact needs more (a live module, a TensorRT build record) is not cacheable and
+    subclasses this with typed fields of its own.
+    """
 
     files: list[Path]
-    dtype: str = "fp32"
-    meta: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "fp32"                     # what the artifact asks the engine to compute in
+    notes: list[str] = field(default_factory=list)   # what the export did (quantized layers, precision seen)
+    compute_dtype: Optional[str] = None     # set when the export already knows what the engine computes in
+    cache_hit: Optional[bool] = None        # set by a backend with a cache of its own (TensorRT engines)
 
     @property
     def main(self) -> Path:
         return self.files[0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Engine:
-    """A loaded model ready to run: `run(x)` takes a host float32 batch and returns host logits.
+    """A loaded model ready to run, built once and complete: `run(x)` takes a host float32 batch and
+    returns host logits.
 
     `run` must be synchronous: when it returns, the computation is finished (GPU engines
     synchronise inside it), so timing a call times the work.
@@ -77,17 +88,73 @@ class Engine:
     prepare_device_run: Optional[Callable[[np.ndarray], Callable[[], object]]] = None
 
 
-class Backend(Protocol):
-    name: str
+class Backend(ABC):
+    """What every backend is: declared capabilities (class attributes) and four required methods.
 
+    Capabilities:
+    - `name`: its registry name (shared.vocab.BackendName).
+    - `precisions`: for every precision-level method of shared.vocab.METHODS, either the dtype the
+      engine computes in (a str from shared.vocab.Dtype) or `Unsupported("why")`. Registration fails
+      when a precision method is missing, so no method silently falls back to fp32.
+    - `needs_model`: loads the model and evaluates quality (False only for the test-only null engine).
+    - `cacheable`: its artifact is plain files, kept by the engine cache (agent/cache.py).
+    """
+
+    name: ClassVar[str]
+    precisions: ClassVar[Mapping[str, Union[str, "Unsupported"]]]
+    needs_model: ClassVar[bool] = True
+    cacheable: ClassVar[bool] = True
+
+    @abstractmethod
     def probe(self) -> Availability:
         """Can this node run the backend at all, and on which devices? Never raises."""
 
+    @abstractmethod
     def check(self, job: Job) -> Optional[str]:
-        """Reason this job (compression, device, source) cannot run here, or None."""
+        """Reason this job (device, source) cannot run here, or None. Compression is judged by
+        `check_compression`, which reads `precisions` and may ask the device."""
 
+    @abstractmethod
     def export(self, ctx: ExportContext) -> Artifact:
         """Write the artifact's files under ctx.workdir."""
 
+    @abstractmethod
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         """Build/compile and load the engine for the job's device."""
+
+    def check_compression(self, job: Job) -> Optional[str]:
+        """Reason this backend cannot apply the job's precision method on its device, or None."""
+        declared = self.precisions.get(job.compression.method)
+        return str(declared) if isinstance(declared, Unsupported) else None
+
+    def hw_kind(self, device: str, node_kinds: Sequence[str]) -> str:
+        """The hardware kind a row on `device` is filed under: an NVIDIA device is `nvidia`; a CPU row
+        on an Intel node is `intel`; otherwise the node's most specific kind."""
+        if device.startswith("cuda"):
+            return HwKind.NVIDIA
+        specific = [k for k in node_kinds if k != HwKind.CPU]
+        if device != "cpu" and specific:
+            return specific[0]
+        return HwKind.INTEL if HwKind.INTEL in node_kinds else HwKind.CPU
+
+
+def validate(cls: type) -> type:
+    """The registration check: a Backend subclass, no abstract method left, every capability declared."""
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{cls!r} is not a fleetbench Backend subclass")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise TypeError(f"backend {cls.__name__}: missing required method(s) {', '.join(missing)}")
+    if not isinstance(getattr(cls, "name", None), str):
+        raise TypeError(f"backend {cls.__name__}: no `name` class attribute")
+    table = getattr(cls, "precisions", None)
+    if not isinstance(table, Mapping):
+        raise TypeError(f"backend {cls.name}: no `precisions` class attribute")
+    undeclared = [m for m in methods_at("precision") if m not in table]
+    if undeclared:
+        raise TypeError(f"backend {cls.name}: precision method(s) {', '.join(undeclared)} neither given a "
+                        "dtype nor declared Unsupported in `precisions`")
+    bad = {m: v for m, v in table.items() if not isinstance(v, Unsupported) and v not in set(Dtype)}
+    if bad:
+        raise TypeError(f"backend {cls.name}: precisions {bad} are not dtypes ({', '.join(Dtype)}) or Unsupported")
+    return cls

@@ -10,12 +10,16 @@ from typing import Optional
 
 import numpy as np
 
-from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
+from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
+from fleetbench.shared.vocab import methods_at
 
 
-class NullBackend:
+class NullBackend(Backend):
     name = "null"
+    precisions = {m: Unsupported("null: computes nothing, so it has no precision variants")
+                  for m in methods_at("precision")}
     needs_model = False
     cacheable = False   # engine cache: nothing worth keeping
 

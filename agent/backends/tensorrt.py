@@ -16,24 +16,38 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
 from fleetbench.agent.gpu import ProcessVram, device_index, nvidia_gpu, nvidia_gpus
+from fleetbench.agent.paths import cache_dir
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
+from fleetbench.shared.vocab import HwKind
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install 'fleetbench[nvidia]'"
-# Compressions whose ONNX is the plain fp32 export (weights changed in the torch module before export).
-_FP32_ONNX = ("none", "prune", "prune-channels", "cluster")
+
+
+@dataclass
+class EngineArtifact(Artifact):
+    """A serialised TensorRT engine and what it was built for (TensorRT keeps its own engine cache)."""
+
+    gpu: Optional[str] = None
+    compute_capability: Optional[str] = None
+    tensorrt: Optional[str] = None
+    driver: Optional[str] = None
+    engine_key: Optional[str] = None
+    onnx: Optional[str] = None
+    engine_build_s: float = 0.0
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench") / "tensorrt"
+    return cache_dir("tensorrt")
 
 
 def _slug(text: str) -> str:
@@ -63,9 +77,20 @@ def cuda_device_names(n: int) -> tuple[str, ...]:
     return tuple("cuda" if i == 0 else f"cuda:{i}" for i in range(n))
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     name = "tensorrt"
     cacheable = False   # engines are cached by engine_cache_key (GPU, compute capability, TensorRT, driver)
+    # precision comes from the ONNX graph (onnxruntime.variants): fp16-converted, or ORT's Q/DQ int8
+    precisions = {
+        "fp16": "fp16",
+        "bf16": Unsupported("tensorrt: bf16 needs a bf16 ONNX graph (TensorRT takes precision from the graph) and "
+                            "fleetbench makes none (ONNX Conv takes no bfloat16 at opset 18)"),
+        "int8-dynamic": Unsupported("tensorrt: TensorRT has no dynamic quantization (int8 needs Q/DQ nodes: "
+                                    "use int8-static)"),
+        "int8-static": "int8",
+    }
+    # device memory for the engine's I/O, given the job's device (a fake in tests without a GPU)
+    memory: Callable[[str], Any] = staticmethod(lambda device: TorchCudaMemory(device))
 
     def probe(self) -> Availability:
         try:
@@ -84,13 +109,10 @@ class TensorRTBackend:
     def check(self, job: Job) -> Optional[str]:
         if not re.fullmatch(r"cuda(:\d+)?", job.device):
             return f"tensorrt: no device {job.device!r} (valid: cuda[:N])"
-        method = job.compression.method
-        if method == "int8-dynamic":
-            return "tensorrt: TensorRT has no dynamic quantization (int8 needs Q/DQ nodes: use int8-static)"
-        if method == "bf16":
-            return ("tensorrt: bf16 needs a bf16 ONNX graph (TensorRT takes precision from the graph) and "
-                    "fleetbench makes none (ONNX Conv takes no bfloat16 at opset 18)")
         return None
+
+    def hw_kind(self, device: str, node_kinds: Sequence[str]) -> str:
+        return HwKind.NVIDIA
 
     def export(self, ctx: ExportContext) -> Artifact:
         import tensorrt as trt
@@ -101,30 +123,29 @@ class TensorRTBackend:
             raise Unsupported(f"tensorrt: {reason}")
         version = trt.__version__
         key = engine_cache_key(ctx.job.job_id, gpu, version, driver)
-        meta = {"gpu": gpu["name"], "compute_capability": gpu["compute_capability"], "tensorrt": version,
-                "driver": driver, "engine_key": key, "onnx": str(onnx_path)}
+        made = dict(gpu=gpu["name"], compute_capability=gpu["compute_capability"], tensorrt=version,
+                    driver=driver, engine_key=key, onnx=str(onnx_path))
         out = ctx.workdir / "model.engine"
         out.parent.mkdir(parents=True, exist_ok=True)
         cached = cache_root() / "engines" / f"{key}.engine"
         if cached.is_file():
             shutil.copyfile(cached, out)
-            meta.update(cache_hit=True, engine_build_s=0.0)
             log.info("tensorrt: engine cache hit %s", key)
-            return Artifact([out], dtype=dtype, meta=meta)
+            return EngineArtifact([out], dtype=dtype, cache_hit=True, engine_build_s=0.0, **made)
         _select_cuda_device(index)
         t = time.perf_counter()
         blob = build_engine(trt, onnx_path, tuple(ctx.example.shape), timing_cache_path(gpu, version))
-        meta.update(cache_hit=False, engine_build_s=time.perf_counter() - t)
+        build_s = time.perf_counter() - t
         out.write_bytes(blob)
         _atomic_write(cached, blob)
-        return Artifact([out], dtype=dtype, meta=meta)
+        return EngineArtifact([out], dtype=dtype, cache_hit=False, engine_build_s=build_s, **made)
 
-    def load(self, artifact: Artifact, job: Job, threads: int, memory: Any = None) -> Engine:
+    def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import tensorrt as trt
         index = device_index(job.device)
         vram = ProcessVram(index=index).start()
         try:
-            memory = memory or TorchCudaMemory(job.device)
+            memory = self.memory(job.device)
             runtime = trt.Runtime(_logger(trt))
             engine = runtime.deserialize_cuda_engine(artifact.main.read_bytes())
             if engine is None:
@@ -140,39 +161,29 @@ class TensorRTBackend:
             alive.clear()
             vram.close()
 
-        eng = Engine(run=io.run, dtype=artifact.dtype, threads=None, provider=f"tensorrt-{trt.__version__}:{job.device}",
-                     vram=vram.peak, vram_source="nvml-process", close=close)
-        eng.prepare_device_run = io.prepare_device_run   # device-resident timing: no host copies
-        eng.notes = lambda: _notes(artifact, vram)
-        return eng
+        return Engine(run=io.run, dtype=artifact.dtype, threads=None,
+                      provider=f"tensorrt-{trt.__version__}:{job.device}", vram=vram.peak, vram_source="nvml-process",
+                      close=close, notes=lambda: _notes(artifact, vram),
+                      prepare_device_run=io.prepare_device_run)   # device-resident timing: no host copies
 
 
 def _notes(artifact: Artifact, vram: ProcessVram) -> list[str]:
-    m = artifact.meta
-    made = ("from the TensorRT engine cache" if m.get("cache_hit")
-            else f"built in {m.get('engine_build_s', 0):.1f} s when first made")
-    out = [f"tensorrt {m.get('tensorrt')} engine {made}, for {m.get('gpu')} (cc {m.get('compute_capability')}, "
-           f"driver {m.get('driver')})"]
+    if not isinstance(artifact, EngineArtifact):
+        return [f"vram: {vram.reason}"] if vram.peak_mb is None and vram.reason else []
+    made = ("from the TensorRT engine cache" if artifact.cache_hit
+            else f"built in {artifact.engine_build_s:.1f} s when first made")
+    out = [f"tensorrt {artifact.tensorrt} engine {made}, for {artifact.gpu} (cc {artifact.compute_capability}, "
+           f"driver {artifact.driver})"]
     if vram.peak_mb is None and vram.reason:
         out.append(f"vram: {vram.reason}")
     return out
 
 
 def onnx_for(ctx: ExportContext) -> tuple[Path, str]:
-    """The ONNX graph that carries the job's precision, from the compression package when it is there."""
-    try:
-        from fleetbench.agent.compress.onnx_variants import onnx_for as variant
-    except ModuleNotFoundError as e:
-        if e.name not in ("fleetbench.agent.compress", "fleetbench.agent.compress.onnx_variants"):
-            raise
-        variant = None
-    if variant is not None:
-        path, dtype = variant(ctx)
-        return Path(path), dtype
-    if ctx.job.compression.method not in _FP32_ONNX:
-        raise Unsupported(f"tensorrt: {ctx.job.compression.name} needs the ONNX variants of agent.compress "
-                          "(not in this fleetbench build)")
-    return ctx.onnx(), "fp32"
+    """The ONNX graph that carries the job's precision (ONNX Runtime's variants) and its dtype."""
+    from fleetbench.agent.backends.onnxruntime.variants import onnx_variant
+    variant = onnx_variant(ctx)
+    return variant.path, variant.dtype
 
 
 def build_engine(trt: Any, onnx_path: Path, input_shape: tuple[int, ...], timing_cache: Path) -> bytes:

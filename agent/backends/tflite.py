@@ -25,18 +25,25 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
+from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install 'fleetbench[tflite]'"
 # compression method -> the dtype LiteRT's CPU kernels compute in after ai-edge-quantizer's recipe
 PRECISION = {"fp16": "fp32", "int8-dynamic": "int8", "int8-static": "int8"}
-UNSUPPORTED = {"bf16": "tflite: LiteRT's converter has no bf16 mode (its CPU kernels compute fp32, fp16 or int8)"}
+NOTES = {
+    "fp16": "tflite fp16: weights stored fp16, dequantized to fp32 by LiteRT's CPU kernels (computes fp32)",
+    "int8-dynamic": "tflite int8-dynamic: int8 weights, activations quantized at run time",
+    "int8-static": "tflite int8-static: int8 input/output; run() quantizes the input and dequantizes the output",
+}
 
 
-class TFLiteBackend:
+class TFLiteBackend(Backend):
     name = "tflite"
+    precisions = {**PRECISION, "bf16": Unsupported("tflite: LiteRT's converter has no bf16 mode (its CPU kernels "
+                                                   "compute fp32, fp16 or int8)")}
 
     def probe(self) -> Availability:
         missing = [pkg for mod, pkg in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert"))
@@ -50,35 +57,19 @@ class TFLiteBackend:
             return "tflite: converts the PyTorch module with litert-torch; an onnx: model has none"
         if job.device != "cpu":
             return f"tflite: no device {job.device!r} (valid: cpu)"
-        return UNSUPPORTED.get(job.compression.method)
+        return None
 
     def export(self, ctx: ExportContext) -> Artifact:
         method = ctx.job.compression.method
         path = build_in_child(ctx.model, ctx.example, ctx.calib_x, method, ctx.workdir / "tflite")
-        if method not in PRECISION:
-            return Artifact([path], dtype="fp32", meta={"weights": "fp32"})
-        return Artifact([path], dtype=PRECISION[method], meta={"weights": "fp16" if method == "fp16" else "int8",
-                                                              "method": method})
+        return Artifact([path], dtype=PRECISION.get(method, "fp32"), notes=[NOTES[method]] if method in NOTES else [])
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         from ai_edge_litert.interpreter import Interpreter
         interp = Interpreter(model_path=str(artifact.main), num_threads=threads)
         interp.allocate_tensors()
         run = make_runner(interp, (job.batch_size, *job.model.input_size))
-        eng = Engine(run=run, dtype=artifact.dtype, threads=threads, provider=f"litert-{_version()}:cpu")
-        eng.notes = lambda: _notes(artifact)
-        return eng
-
-
-def _notes(artifact: Artifact) -> list[str]:
-    method = artifact.meta.get("method")
-    if method == "fp16":
-        return ["tflite fp16: weights stored fp16, dequantized to fp32 by LiteRT's CPU kernels (computes fp32)"]
-    if method == "int8-dynamic":
-        return ["tflite int8-dynamic: int8 weights, activations quantized at run time"]
-    if method == "int8-static":
-        return ["tflite int8-static: int8 input/output; run() quantizes the input and dequantizes the output"]
-    return []
+        return Engine(run=run, dtype=artifact.dtype, threads=threads, provider=f"litert-{_version()}:cpu")
 
 
 def _version() -> str:

@@ -138,3 +138,25 @@ def _set_module(model, dotted: str, new) -> None:
     parent_name, _, attr = dotted.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, new)
+
+
+def apply_cluster(model, spec, calib_x: np.ndarray):
+    """The `cluster` method: BatchNorm folded (checked to leave the outputs as they were), then each
+    selected layer's weights clustered to at most `spec.clusters` values."""
+    import torch
+
+    from fleetbench.agent.compress import ModelChange, layers_word
+    example = torch.from_numpy(np.ascontiguousarray(calib_x[:1]))
+    with torch.no_grad():
+        before = model(example)
+    folded = fold_batchnorm(model, example)
+    with torch.no_grad():
+        drift = float((model(example) - before).abs().max() / (before.abs().max() + 1e-12))
+    if drift > 1e-3:
+        raise RuntimeError(f"BatchNorm folding changed the outputs (max relative difference {drift:.2e})")
+    unique = cluster_model(model, spec.clusters, spec.layers)
+    for name, n in unique.items():
+        log.info("cluster: %s has %d unique weight values", name, n)
+    return ModelChange(model, [f"folded {len(folded)} BatchNorm; clustered {len(unique)} {layers_word(spec.layers)} "
+                               f"layers to <={spec.clusters} values (max {max(unique.values(), default=0)} unique "
+                               "per layer)"])

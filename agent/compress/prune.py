@@ -94,7 +94,31 @@ def _classifier(model):
             clf = get()
             if layer_kind(clf) is not None:
                 return clf
-        except Exception:  # noqa: BLE001 - some models have no usable classifier accessor
+        except Exception:  # any failure: some models have no usable classifier accessor
             pass
     layers = _all_layers(model)
     return layers[-1][1] if layers else None
+
+
+def apply_prune(model, spec, calib_x: np.ndarray):
+    """The `prune` method: global L1 unstructured pruning, made permanent."""
+    from fleetbench.agent.compress import ModelChange, layers_word
+    achieved, n = prune_unstructured(model, spec.percent, spec.layers)
+    return ModelChange(model, [f"prune {spec.percent:g}% (global L1, unstructured) over {n} "
+                               f"{layers_word(spec.layers)} layers: sparsity {achieved:.3f}"], sparsity=achieved)
+
+
+def apply_prune_channels(model, spec, calib_x: np.ndarray):
+    """The `prune-channels` method: channels removed (torch-pruning), BatchNorm statistics re-estimated."""
+    import torch
+
+    from fleetbench.agent.compress import ModelChange
+    example = torch.from_numpy(np.ascontiguousarray(calib_x[:1]))
+    before = count_params(model)
+    model = prune_channels(model, spec.percent, example, spec.layers)
+    after = count_params(model)
+    n_bn = recalibrate_batchnorm(model, calib_x)
+    return ModelChange(model, [f"prune-channels {spec.percent:g}% (torch-pruning, L1 magnitude, classifier kept): "
+                               f"params {before:,} -> {after:,} ({after / before:.2f}x)"
+                               + (f"; {n_bn} BatchNorm statistics re-estimated on {len(calib_x)} calibration images"
+                                  if n_bn else "") + "; no fine-tuning"])

@@ -8,8 +8,10 @@ import pytest
 
 from fleetbench.agent import backends
 from fleetbench.agent.runner import run_job
+from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
+from fleetbench.shared.vocab import METHODS
 
 CONTRACT = [b for b in backends.names() if b != "null"]
 
@@ -56,3 +58,32 @@ def test_backend_contract_on_the_demo_model(name, demo_model_spec, quick_measure
         assert r.vram_source and r.vram_peak_mb is not None   # every GPU row says how VRAM was measured
     else:
         assert r.vram_peak_mb is None
+
+
+# ---- every (precision method x backend): ok in the declared dtype, or unsupported with a reason ----------
+
+PRECISION = [m for m, info in METHODS.items() if info.level == "precision"]
+
+
+@pytest.mark.parametrize("method", PRECISION)
+@pytest.mark.parametrize("name", CONTRACT)
+def test_every_method_on_every_backend_is_ok_or_unsupported_never_a_silent_fallback(
+        name, method, demo_model_spec, quick_measure):
+    backend = backends.get(name)
+    declared = backend.precisions[method]
+    avail = backend.probe()
+    device = ("cpu" if "cpu" in avail.devices else avail.devices[0]) if avail.available else "cpu"
+    job = Job(sweep="contract", model=demo_model_spec, dataset=DatasetSpec(kind="digits", limit=32),
+              compression=CompressionSpec(method=method), backend=name, device=device, batch_size=8,
+              measure=quick_measure)
+    r = run_job(job)
+    assert r.status in ("ok", "unsupported"), f"{name}/{method} {r.stage}: {r.error}"
+    if isinstance(declared, Unsupported):
+        assert (r.status, r.error) == ("unsupported", str(declared)) or not avail.available
+        return
+    if r.status == "unsupported":   # not on this node or device: the row says why, in the backend's name
+        assert r.error and r.error.startswith(f"{name}:") or r.error == avail.reason, r.error
+        return
+    # ok: it computes in the declared precision, or the export says in a note what it really ran
+    assert r.dtype == declared or (r.notes and method in r.notes), (r.dtype, declared, r.notes)
+    assert r.top1_agreement is not None and r.latency_p50_ms > 0

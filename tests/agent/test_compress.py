@@ -8,11 +8,11 @@ import torch
 from fleetbench.agent import compress
 from fleetbench.agent.backends import ExportContext
 from fleetbench.agent.backends import get as get_backend
+from fleetbench.agent.backends.onnxruntime.variants import onnx_variant
+from fleetbench.agent.backends.precision import calibration_batches, majority_dtype
+from fleetbench.agent.backends.pytorch.variants import torch_variant
 from fleetbench.agent.compress.cluster import cluster_model, fold_batchnorm, kmeans_1d
-from fleetbench.agent.compress.onnx_variants import calibration_batches, onnx_for, onnx_variant
-from fleetbench.agent.compress.precision import majority_dtype
 from fleetbench.agent.compress.prune import prune_channels, prune_unstructured, recalibrate_batchnorm, sparsity
-from fleetbench.agent.compress.torch_variants import torch_variant
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
@@ -132,12 +132,20 @@ def test_apply_cluster_notes_and_keeps_quality():
     net = tiny_net()
     x = x_of(16)
     ref = net(x).argmax(1)
-    data = type("D", (), {"calib_x": x.numpy()})()
-    res = type("R", (), {"sparsity": None})()
-    notes: list[str] = []
-    out = compress.apply(job_of("cluster-64"), net, data, notes, res)
-    assert "folded 2 BatchNorm; clustered 3 conv+linear layers to <=64 values" in notes[0]
-    assert (out(x).argmax(1) == ref).float().mean() >= 0.9
+    change = compress.apply(job_of("cluster-64"), net, x.numpy())
+    assert "folded 2 BatchNorm; clustered 3 conv+linear layers to <=64 values" in change.notes[0]
+    assert change.sparsity is None
+    assert (change.model(x).argmax(1) == ref).float().mean() >= 0.9
+
+
+def test_apply_prune_reports_sparsity():
+    change = compress.apply(job_of("prune-50"), tiny_net(), x_of(4).numpy())
+    assert change.sparsity == pytest.approx(0.5, abs=0.01) and "sparsity 0.5" in change.notes[0]
+
+
+def test_apply_leaves_precision_methods_to_the_backends():
+    net = tiny_net()
+    assert compress.apply(job_of("fp16"), net, x_of(4).numpy()).model is net
 
 
 # ---- precision variants --------------------------------------------------------------------------
@@ -186,7 +194,12 @@ def _graph(path):
     return onnx.load(str(path))
 
 
-def test_onnx_for_fp32_methods_is_the_shared_export(base_ctx):
+def onnx_for(ctx):
+    v = onnx_variant(ctx)
+    return v.path, v.dtype
+
+
+def test_onnx_variant_of_fp32_methods_is_the_shared_export(base_ctx):
     for method in ("none", "prune-50", "cluster-8"):
         path, dtype = onnx_for(variant_ctx(base_ctx, method))
         assert path == base_ctx.onnx() and dtype == "fp32"
@@ -246,11 +259,13 @@ def test_onnx_bf16_is_not_a_variant(base_ctx):
     ("int8-dynamic", "openvino", "use int8-static"),
     ("bf16", "onnxruntime", "bfloat16"),
     ("fp16", "openvino", "cannot compute in fp16"),             # CPU: BF16, FP32, INT8 only
-    ("fp16", "tensorrt", None),                                 # decided by the backend's own check
+    ("fp16", "tensorrt", None),
+    ("int8-dynamic", "tensorrt", "no dynamic quantization"),
+    ("bf16", "tflite", "no bf16 mode"),
 ])
 def test_check_reasons(method, backend, expect):
     if backend == "openvino" and method in ("fp16", "bf16"):
-        from fleetbench.agent.compress.openvino_variants import device_capabilities
+        from fleetbench.agent.backends.openvino.variants import device_capabilities
         caps = device_capabilities("cpu") or []
         if (method == "fp16" and "FP16" in caps) or (method == "bf16" and "BF16" not in caps):
             pytest.skip(f"this CPU's OpenVINO capabilities are {caps}")
@@ -272,11 +287,12 @@ def test_check_torch_dynamic_int8_is_cpu_only():
     assert "CPU only" in reason
 
 
-def test_a_backend_can_decide_for_itself():
+def test_precision_methods_are_judged_by_the_backend_model_methods_are_not():
     class Own:
         def check_compression(self, job):
             return "mine"
-    assert compress.check(job_of("cluster-8"), Own()) == "mine"
+    assert compress.check(job_of("fp16"), Own()) == "mine"
+    assert compress.check(job_of("cluster-8"), Own()) is None
 
 
 # ---- end to end: one row per engine where the method applies ---------------------------------------

@@ -7,8 +7,8 @@ import types
 import numpy as np
 import pytest
 
-from fleetbench.agent.backends import _ort_gpu
-from fleetbench.agent.backends.base import Artifact, Engine
+from fleetbench.agent.backends.base import Artifact
+from fleetbench.agent.backends.onnxruntime import cuda as _ort_gpu
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
@@ -152,7 +152,7 @@ def test_provider_chain_tensorrt_ep_caches_engines_and_falls_back_to_cuda(monkey
 def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placement(monkeypatch, nvml, tmp_path):
     ort = fake_ort(in_type="tensor(float16)")
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
-    from fleetbench.agent.backends.onnxruntime import OnnxRuntimeBackend
+    from fleetbench.agent.backends.onnxruntime.backend import OnnxRuntimeBackend
     engine = OnnxRuntimeBackend().load(Artifact([tmp_path / "m.onnx"]), job("onnxruntime", "cuda"), threads=2)
     sess = ort.sessions[-1]
     assert [p[0] if isinstance(p, tuple) else p for p in sess.providers_asked] == [_ort_gpu.CUDA, _ort_gpu.CPU]
@@ -177,14 +177,14 @@ def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placemen
 def test_onnxruntime_tensorrt_ep_fake_ort_silent_fallback_is_unsupported(monkeypatch, nvml, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", fake_ort(fallback_to="CUDAExecutionProvider"))
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
-    from fleetbench.agent.backends.onnxruntime import OnnxRuntimeBackend
+    from fleetbench.agent.backends.onnxruntime.backend import OnnxRuntimeBackend
     with pytest.raises(Unsupported, match="TensorrtExecutionProvider could not be created.*fell back to CUDA"):
         OnnxRuntimeBackend().load(Artifact([tmp_path / "m.onnx"]), job("onnxruntime", "tensorrt-ep"), threads=1)
     assert nvml.calls["init"] == nvml.calls["shutdown"]
 
 
 def test_onnxruntime_gpu_devices_need_both_the_provider_and_a_gpu(monkeypatch):
-    from fleetbench.agent.backends import onnxruntime as ort_backend
+    from fleetbench.agent.backends.onnxruntime import backend as ort_backend
     monkeypatch.setitem(sys.modules, "onnxruntime", fake_ort())
     monkeypatch.setattr(ort_backend, "_has_nvidia_gpu", lambda: True)
     assert ort_backend.OnnxRuntimeBackend().probe().devices == ("cpu", "cuda", "tensorrt-ep")
@@ -195,36 +195,30 @@ def test_onnxruntime_gpu_devices_need_both_the_provider_and_a_gpu(monkeypatch):
 # ---------------------------------------------------------------- torch CUDA extras
 
 
-def test_torch_cpu_runner_has_no_device_resident_mode():
+def test_torch_cpu_engine_has_no_device_resident_mode():
     import torch
 
-    from fleetbench.agent.backends._torch_common import make_runner, with_cuda_extras
-    run = make_runner(torch.nn.Linear(4, 2), "cpu")
-    assert run(np.ones((3, 4), np.float32)).shape == (3, 2) and run.prepare_device_run is None
-    engine = Engine(run=run, dtype="fp32")
-    assert with_cuda_extras(engine, "cpu") is engine
+    from fleetbench.agent.backends.pytorch.common import torch_engine
+    engine = torch_engine(torch.nn.Linear(4, 2), Artifact([], dtype="fp32"), job("pytorch", "cpu"), 1, "torch-eager")
+    assert engine.run(np.ones((3, 4), np.float32)).shape == (3, 2)
     assert engine.notes() == [] and engine.prepare_device_run is None   # a CPU engine gets no CUDA extras
+    assert engine.vram is None and engine.provider == "torch-eager:cpu"
 
 
-def test_torch_cuda_extras_fake_nvml_note_and_close(nvml):
-    from fleetbench.agent.backends._torch_common import with_cuda_extras
-    closed = []
-
-    def run(x):
-        return x
-
-    run.prepare_device_run = lambda x: (lambda: None)
-    engine = with_cuda_extras(Engine(run=run, dtype="fp32", close=lambda: closed.append(1)), "cuda:0")
-    assert engine.prepare_device_run is run.prepare_device_run
+def test_torch_cuda_engine_fake_nvml_note_and_close(nvml, monkeypatch):
+    from fleetbench.agent.backends.pytorch import common
+    monkeypatch.setattr(common, "make_runner", lambda fn, device: (fn, lambda x: (lambda: None)))
+    engine = common.torch_engine(lambda x: x, Artifact([], dtype="fp32"), job("pytorch", "cuda:0"), 1, "torchscript")
+    assert engine.prepare_device_run is not None and engine.vram_source == "torch.cuda.max_memory_allocated"
     assert engine.notes() == ["NVML process VRAM peak 700.0 MB (vram_peak_mb is torch.cuda.max_memory_allocated)"]
     engine.close()
-    assert closed == [1] and nvml.calls["init"] == nvml.calls["shutdown"]
+    assert nvml.calls["init"] == nvml.calls["shutdown"]
 
 
 @pytest.mark.parametrize("device, ok", [("cuda", True), ("cuda:1", True), ("cuda:x", False), ("gpu", False)])
 def test_torch_device_names(device, ok):
-    from fleetbench.agent.backends._torch_common import check_torch_job
-    assert (check_torch_job(job("pytorch", device), "pytorch") is None) == ok
+    from fleetbench.agent.backends.pytorch.eager import PytorchBackend
+    assert (PytorchBackend().check(job("pytorch", device)) is None) == ok
 
 
 # ---------------------------------------------------------------- OpenVINO devices
@@ -277,7 +271,7 @@ FULL = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "INFERENC
 
 def test_openvino_fake_every_device_is_its_own_lowercase_device(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", fake_openvino(["CPU", "GPU.0", "GPU.1", "NPU"], {}))
-    from fleetbench.agent.backends.openvino import OpenVinoBackend
+    from fleetbench.agent.backends.openvino.backend import OpenVinoBackend
     assert OpenVinoBackend().probe().devices == ("cpu", "gpu.0", "gpu.1", "npu")
 
 
@@ -289,7 +283,7 @@ def test_openvino_fake_every_device_is_its_own_lowercase_device(monkeypatch):
 def test_openvino_fake_device_config(monkeypatch, device, threads, dtype, hint):
     ov = fake_openvino(["CPU", "GPU.1", "NPU"], {"CPU": FULL, "GPU": FULL[:3], "NPU": ("PERFORMANCE_HINT",)})
     monkeypatch.setitem(sys.modules, "openvino", ov)
-    from fleetbench.agent.backends.openvino import OpenVinoBackend
+    from fleetbench.agent.backends.openvino.backend import OpenVinoBackend
     engine = OpenVinoBackend().load(Artifact([__file__], dtype="fp32"), job("openvino", device), threads=3)
     cfg = ov.compiled[-1].config
     assert ov.compiled[-1].device == device.upper()

@@ -41,7 +41,8 @@ def test_digits_eval_is_test_split_and_calibration_comes_from_train():
     assert ds.classes == [str(i) for i in range(10)]
     np.testing.assert_array_equal(ds.eval_y, digits.target[test_idx])
     # at 8x8 with one channel, preprocessing is just (x/16 - 0.5) / 0.5: rows can be matched exactly
-    flat = lambda a: {tuple(np.round(r.ravel(), 5)) for r in a}
+    def flat(a):
+        return {tuple(np.round(r.ravel(), 5)) for r in a}
     train_rows = flat(preprocess_digits(digits.images[train_idx], (1, 8, 8)))
     np.testing.assert_array_equal(ds.eval_x, preprocess_digits(digits.images[test_idx], (1, 8, 8)))
     assert flat(ds.calib_x) <= train_rows                   # every calibration image is a training image

@@ -83,12 +83,12 @@ def test_quality_metrics_and_agreement():
     labels = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 1, 1, 1, 2, 0])
     q = quality(pred, labels, reference=np.array([0, 1, 1, 1, 2, 2]))
-    assert q["accuracy"] == pytest.approx(4 / 6)
-    assert q["top1_agreement"] == pytest.approx(5 / 6)
+    assert q.accuracy == pytest.approx(4 / 6)
+    assert q.top1_agreement == pytest.approx(5 / 6)
     # class 0: P=1/2 R=1/2; class 1: P=2/3 R=1; class 2: P=1 R=1/2
-    assert q["precision_macro"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
-    assert q["recall_macro"] == pytest.approx((0.5 + 1 + 0.5) / 3)
-    assert quality(pred, None, pred)["f1_macro"] is None
+    assert q.precision_macro == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    assert q.recall_macro == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert quality(pred, None, pred).f1_macro is None
 
 
 def test_batches_pad_the_last_batch_and_predict_drops_padding():

@@ -91,13 +91,17 @@ def test_probe_fake_two_gpus_are_two_devices(monkeypatch):
     ("cuda", "bf16", "bf16"),
 ])
 def test_check_refuses_what_tensorrt_cannot_do(device, method, words):
-    assert words in trt_backend.TensorRTBackend().check(job(device, method))
+    from fleetbench.agent import compress
+    backend = trt_backend.TensorRTBackend()
+    assert words in (backend.check(job(device, method)) or compress.check(job(device, method), backend))
 
 
 @pytest.mark.parametrize("device, method", [("cuda", "none"), ("cuda:1", "fp16"), ("cuda", "int8-static"),
                                             ("cuda", "prune-50")])
 def test_check_accepts_graph_precisions(device, method):
-    assert trt_backend.TensorRTBackend().check(job(device, method)) is None
+    from fleetbench.agent import compress
+    backend = trt_backend.TensorRTBackend()
+    assert backend.check(job(device, method)) is None and compress.check(job(device, method), backend) is None
 
 
 # ---------------------------------------------------------------- build
@@ -144,25 +148,16 @@ def test_export_fake_tensorrt_builds_once_then_hits_the_engine_cache(fakes, tmp_
     monkeypatch.setattr(trt_backend, "onnx_for", lambda ctx: (ctx.onnx_source, "fp16"))
     be, j = trt_backend.TensorRTBackend(), job(bs=8)
     first = be.export(_ctx(tmp_path, j, "w1"))
-    assert trt.built == 1 and first.meta["cache_hit"] is False and first.dtype == "fp16"
+    assert trt.built == 1 and first.cache_hit is False and first.dtype == "fp16"
     assert first.files == [tmp_path / "w1" / "model.engine"] and first.main.read_bytes() == b"FAKEPLAN:8,3,32,32"
-    assert first.meta["gpu"] == "NVIDIA H200" and first.meta["compute_capability"] == "9.0"
-    assert first.meta["tensorrt"] == "11.1.0" and first.meta["driver"] == "575.57.08"
-    assert first.meta["engine_key"] == trt_backend.engine_cache_key(j.job_id, H200, "11.1.0", "575.57.08")
+    assert first.gpu == "NVIDIA H200" and first.compute_capability == "9.0"
+    assert first.tensorrt == "11.1.0" and first.driver == "575.57.08"
+    assert first.engine_key == trt_backend.engine_cache_key(j.job_id, H200, "11.1.0", "575.57.08")
     second = be.export(_ctx(tmp_path, j, "w2"))
-    assert trt.built == 1 and second.meta["cache_hit"] is True                  # no second build
+    assert trt.built == 1 and second.cache_hit is True                  # no second build
     assert second.main.read_bytes() == first.main.read_bytes()
     be.export(_ctx(tmp_path, job(bs=1), "w3"))
     assert trt.built == 2                                                       # another job: another engine
-
-
-def test_onnx_for_without_the_compression_package_uses_the_fp32_export(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fleetbench.agent.compress.onnx_variants", None)      # as if not there
-    ctx = _ctx(tmp_path, job())
-    assert trt_backend.onnx_for(ctx) == (ctx.onnx_source, "fp32")
-    from fleetbench.shared.errors import Unsupported
-    with pytest.raises(Unsupported, match="ONNX variants"):
-        trt_backend.onnx_for(_ctx(tmp_path, job(method="fp16")))
 
 
 # ---------------------------------------------------------------- load and run
@@ -173,8 +168,9 @@ def test_load_fake_tensorrt_runs_synchronously_with_device_io_and_nvml_vram(fake
     plan = tmp_path / "model.engine"
     plan.write_bytes(b"FAKEPLAN:8,3,32,32")
     memory = FakeDeviceMemory(trt)
-    engine = trt_backend.TensorRTBackend().load(Artifact([plan], dtype="fp32", meta={"gpu": "NVIDIA H200"}),
-                                                job(bs=8), threads=2, memory=memory)
+    backend = trt_backend.TensorRTBackend()
+    backend.memory = lambda device: memory
+    engine = backend.load(trt_backend.EngineArtifact([plan], dtype="fp32", gpu="NVIDIA H200"), job(bs=8), threads=2)
     x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
     y = engine.run(x)
     assert y.dtype == np.float32 and y.shape == (8, 10)
@@ -199,7 +195,9 @@ def test_load_fake_tensorrt_rejects_a_foreign_engine(fakes, tmp_path):
     plan = tmp_path / "model.engine"
     plan.write_bytes(b"not a plan for this GPU")
     with pytest.raises(RuntimeError, match="deserialise"):
-        trt_backend.TensorRTBackend().load(Artifact([plan]), job(), 1, memory=FakeDeviceMemory())
+        backend = trt_backend.TensorRTBackend()
+        backend.memory = lambda device: FakeDeviceMemory()
+        backend.load(Artifact([plan]), job(), 1)
 
 
 # ---------------------------------------------------------------- the real machine: no GPU here

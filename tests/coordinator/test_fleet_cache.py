@@ -24,6 +24,7 @@ def make_job(model, measure, backend="onnxruntime", batch_size=1, node_key="loca
 
 class Files:
     name = "files"
+    cacheable = True
 
 
 class Live:
@@ -37,17 +38,17 @@ def write(path, data=b"x" * 10):
     return path
 
 
-def test_store_then_lookup_keeps_files_layout_dtype_and_meta(cache_dir, tmp_path, demo_model_spec, quick_measure):
+def test_store_then_lookup_keeps_files_layout_dtype_and_notes(cache_dir, tmp_path, demo_model_spec, quick_measure):
     job = make_job(demo_model_spec, quick_measure)
     work = tmp_path / "work"
     files = [write(work / "onnx" / "model.onnx"), write(work / "onnx" / "model.onnx.data", b"w" * 99)]
     assert cache.lookup(job, Files()) is None
-    entry = cache.store(job, Files(), Artifact(files, dtype="fp16", meta={"compute_dtype": "fp16"}), work)
+    entry = cache.store(job, Files(), Artifact(files, dtype="fp16", notes=["made"], compute_dtype="fp16"), work)
     assert entry is not None and entry.parent == cache_dir
     hit = cache.lookup(job, Files())
     assert [p.relative_to(entry).as_posix() for p in hit.files] == ["onnx/model.onnx", "onnx/model.onnx.data"]
     assert hit.main.read_bytes() == b"x" * 10 and hit.files[1].stat().st_size == 99
-    assert (hit.dtype, hit.meta) == ("fp16", {"compute_dtype": "fp16"})
+    assert (hit.dtype, hit.compute_dtype, hit.notes) == ("fp16", "fp16", ["made"])
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["job_id"] == job.job_id and manifest["fingerprint"]["versions"]["python"]
     # another job (other batch size, other node) is another entry
@@ -71,10 +72,9 @@ def test_the_key_covers_hardware_and_library_versions(cache_dir, demo_model_spec
     assert cache.cache_key(job, fp, ts) != cache.cache_key(job, fp, ort) != cache.cache_key(job, fp)
 
 
-def test_live_objects_and_uncacheable_backends_are_not_cached(cache_dir, tmp_path, demo_model_spec, quick_measure):
+def test_uncacheable_backends_are_not_cached(cache_dir, tmp_path, demo_model_spec, quick_measure):
     job = make_job(demo_model_spec, quick_measure)
     f = write(tmp_path / "w" / "model.bin")
-    assert cache.store(job, Files(), Artifact([f], meta={"module": object()}), tmp_path / "w") is None
     assert cache.store(job, Live(), Artifact([f]), tmp_path / "w") is None
     assert cache.lookup(job, Live()) is None
     assert not cache_dir.exists() or not any(cache_dir.iterdir())

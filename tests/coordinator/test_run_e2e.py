@@ -47,7 +47,7 @@ def test_sweep_streams_rows_into_duckdb_and_resume_reruns_only_the_rest(tmp_path
                        "top1_agreement, size_mb, hostname, node_id, started_at FROM results").fetchall()
     assert len(rows) == 12
     by = {(r[0], r[1], r[2]): r for r in rows}
-    for key, r in by.items():
+    for _key, r in by.items():
         if r[3] == "ok":
             assert r[6] > 0 and r[8] >= 0.99 and r[9] > 0 and r[10] and len(r[11]) > 20
     assert by[("digits", "onnxruntime", 8)][7] >= 0.95

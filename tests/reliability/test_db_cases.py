@@ -17,7 +17,7 @@ import pytest
 
 from fleetbench.coordinator import cluster
 from fleetbench.coordinator.cli import main
-from fleetbench.coordinator.store import SCHEMA_VERSION, Store, open_read_only, query
+from fleetbench.coordinator.store import SCHEMA_VERSION, Store, open_read_only
 from fleetbench.shared.errors import StoreError
 
 from .test_sweep_cases import GOOD

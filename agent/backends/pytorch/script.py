@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
-from fleetbench.agent.backends._torch_common import (check_torch_job, cuda_vram, make_runner, set_threads, torch_devices,
-                                           with_cuda_extras)
 from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.agent.backends.pytorch.common import TorchBackend, set_threads, torch_devices, torch_engine, torch_precisions
 from fleetbench.shared.job import Job
 
 
-class TorchScriptBackend:
+class TorchScriptBackend(TorchBackend):
     name = "torchscript"
+    precisions = torch_precisions("torchscript")
 
     def probe(self) -> Availability:
         try:
@@ -22,14 +21,11 @@ class TorchScriptBackend:
         except ImportError as e:
             return Availability(False, f"torchscript: pytorch not installed ({e})")
 
-    def check(self, job: Job) -> Optional[str]:
-        return check_torch_job(job, self.name)
-
     def export(self, ctx: ExportContext) -> Artifact:
         import torch
         path = ctx.workdir / "model.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        from fleetbench.agent.compress.torch_variants import cast_io, torch_variant
+        from fleetbench.agent.backends.pytorch.variants import cast_io, torch_variant
         variant = torch_variant(ctx.model, ctx.job.compression.method)   # fp32, fp16, bf16 or dynamic int8
         module = variant.module if variant.param_dtype is None else cast_io(variant.module, variant.param_dtype)
         example = torch.from_numpy(ctx.example)
@@ -37,7 +33,7 @@ class TorchScriptBackend:
             warnings.simplefilter("ignore", FutureWarning)   # TorchScript is deprecated, still measured
             traced = torch.jit.trace(module, example, check_trace=False)
         traced.save(str(path))
-        return Artifact([path], dtype=variant.dtype, meta={"notes": variant.notes})
+        return Artifact([path], dtype=variant.dtype, notes=list(variant.notes))
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import torch
@@ -45,7 +41,4 @@ class TorchScriptBackend:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.freeze(torch.jit.load(str(artifact.main), map_location=job.device).eval())
-        engine = Engine(run=make_runner(module, job.device), dtype=artifact.dtype, threads=threads,
-                        provider=f"torchscript:{job.device}", vram=cuda_vram(job.device),
-                        vram_source="torch.cuda.max_memory_allocated" if job.device.startswith("cuda") else None)
-        return with_cuda_extras(engine, job.device)   # CUDA: device-resident timing, NVML VRAM note
+        return torch_engine(module, artifact, job, threads, "torchscript")

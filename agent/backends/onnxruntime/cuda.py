@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fleetbench.agent.backends.base import Artifact, Engine
+from fleetbench.agent.paths import cache_dir
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 
@@ -28,7 +28,7 @@ NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(
 
 
 def ort_trt_cache() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench") / "ort-tensorrt"
+    return cache_dir("ort-tensorrt")
 
 
 def provider_chain(provider: str, device_id: int = 0) -> list[Any]:
@@ -66,11 +66,9 @@ def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, 
             out.append(f"vram: {vram.reason}")
         return out
 
-    eng = Engine(run=io.run, dtype=artifact.dtype, threads=threads, provider=used, vram=vram.peak,
-                 vram_source="nvml-process", close=vram.close)
-    eng.prepare_device_run = io.prepare_device_run
-    eng.notes = notes
-    return eng
+    return Engine(run=io.run, dtype=artifact.dtype, threads=threads, provider=used, vram=vram.peak,
+                  vram_source="nvml-process", close=vram.close, notes=notes,
+                  prepare_device_run=io.prepare_device_run)
 
 
 class BoundSession:
@@ -98,11 +96,12 @@ class BoundSession:
         self.sess.run_with_iobinding(io)               # first run: ORT allocates the output on the device
         io.bind_ortvalue_output(self.out_name, io.get_outputs()[0])
 
-        def device_run() -> None:
-            self.sess.run_with_iobinding(io)
-            io.synchronize_outputs()
+        keep = (xv, io)   # the bound OrtValues live as long as the call
 
-        device_run.keep = (xv, io)   # the bound OrtValues live as long as the call
+        def device_run() -> None:
+            self.sess.run_with_iobinding(keep[1])
+            keep[1].synchronize_outputs()
+
         return device_run
 
 

@@ -1,19 +1,24 @@
 """OpenVINO: ONNX converted to OpenVINO IR (xml + bin), compiled for a device with its precision pinned."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-from fleetbench.agent.backends.base import Artifact, Availability, Engine, ExportContext
+from fleetbench.agent.backends.base import Artifact, Availability, Backend, Engine, ExportContext
+from fleetbench.agent.backends.openvino.variants import INT8_DYNAMIC
+from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
+from fleetbench.shared.vocab import HwKind
 
 # What an OpenVINO inference precision hint means in our dtype words, and back.
 OV_PRECISION = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "i8": "int8"}
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(Backend):
     name = "openvino"
+    # fp16 and bf16 also need the device to list them in OPTIMIZATION_CAPABILITIES (check_compression)
+    precisions = {"fp16": "fp16", "bf16": "bf16", "int8-dynamic": Unsupported(INT8_DYNAMIC), "int8-static": "int8"}
 
     def probe(self) -> Availability:
         try:
@@ -28,18 +33,25 @@ class OpenVinoBackend:
     def check(self, job: Job) -> Optional[str]:
         return None
 
+    def check_compression(self, job: Job) -> Optional[str]:
+        from fleetbench.agent.backends.openvino.variants import check
+        return check(job.compression.method, job.device)
+
+    def hw_kind(self, device: str, node_kinds: Sequence[str]) -> str:
+        return HwKind.INTEL if HwKind.INTEL in node_kinds else super().hw_kind(device, node_kinds)
+
     def export(self, ctx: ExportContext) -> Artifact:
         import openvino as ov
         xml = ctx.workdir / "openvino" / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
-        from fleetbench.agent.compress.openvino_variants import openvino_variant
+        from fleetbench.agent.backends.openvino.variants import openvino_variant
         variant = openvino_variant(ctx)   # fp32 IR, fp16 weights, or NNCF int8, as the job's compression calls for
         # save_model compresses weights to fp16 by default: an fp32 artifact must stay fp32.
         ov.save_model(variant.model, str(xml), compress_to_fp16=variant.compress_to_fp16)
-        meta = {"notes": variant.notes}
-        if ctx.job.compression.method == "int8-static":   # int8 layers; the f32 hint pins the rest
-            meta["compute_dtype"] = variant.dtype
-        return Artifact([xml, xml.with_suffix(".bin")], dtype=variant.dtype, meta=meta)
+        # int8-static: int8 layers, the f32 hint pins the rest; the census already said what it computes in
+        compute = variant.dtype if ctx.job.compression.method == "int8-static" else None
+        return Artifact([xml, xml.with_suffix(".bin")], dtype=variant.dtype, notes=list(variant.notes),
+                        compute_dtype=compute)
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import openvino as ov
@@ -63,7 +75,7 @@ class OpenVinoBackend:
             request.infer()
             return request.get_output_tensor(0).data.copy()
 
-        return Engine(run=run, dtype=artifact.meta.get("compute_dtype", real), threads=threads if device == "CPU" else None,
+        return Engine(run=run, dtype=artifact.compute_dtype or real, threads=threads if device == "CPU" else None,
                       provider=f"openvino:{device}")
 
 

@@ -8,8 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from fleetbench.agent.compress.onnx_variants import calibration_batches
-from fleetbench.agent.compress.precision import describe, majority_dtype
+from fleetbench.agent.backends.precision import calibration_batches, describe, majority_dtype
 from fleetbench.shared.errors import Unsupported
 
 log = logging.getLogger(__name__)
@@ -34,16 +33,19 @@ def device_capabilities(device: str) -> Optional[list[str]]:
     try:
         import openvino as ov
         return list(ov.Core().get_property(device.upper(), "OPTIMIZATION_CAPABILITIES"))
-    except Exception:  # noqa: BLE001 - no such device, no plugin: the probe reports that
+    except Exception:  # any failure: no such device, no plugin: the probe reports that
         return None
 
 
-def check(method: str, device: str) -> Optional[str]:
-    """Reason OpenVINO cannot do `method` on `device`, or None."""
-    if method == "int8-dynamic":
-        return ("openvino: int8-dynamic has no OpenVINO counterpart for this network: OpenVINO's run-time "
+INT8_DYNAMIC = ("openvino: int8-dynamic has no OpenVINO counterpart for this network: OpenVINO's run-time "
                 "dynamic quantization only covers FullyConnected layers of weight-compressed (LLM) models; "
                 "use int8-static (NNCF)")
+
+
+def check(method: str, device: str) -> Optional[str]:
+    """Reason OpenVINO cannot do `method` on `device` (asked of the device), or None."""
+    if method == "int8-dynamic":
+        return INT8_DYNAMIC
     if method in ("fp16", "bf16"):
         caps = device_capabilities(device)
         need = CAPABILITY[method]
@@ -100,7 +102,7 @@ def runtime_precisions(model, device: str) -> Counter:
     import openvino as ov
     try:
         compiled = ov.Core().compile_model(model, device.upper(), {"INFERENCE_PRECISION_HINT": "f32"})
-    except Exception as e:  # noqa: BLE001 - the engine build reports a real failure later
+    except Exception as e:  # any failure: the engine build reports a real failure later
         log.warning("could not compile for a precision census: %s", e)
         return Counter()
     counts: Counter = Counter()

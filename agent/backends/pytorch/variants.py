@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetbench.agent.backends.precision import majority_dtype
 from fleetbench.agent.compress.cluster import layer_kind
-from fleetbench.agent.compress.precision import majority_dtype
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The ONNX graph a job's compression calls for, shared by the ONNX-based engines (ONNX Runtime, TensorRT).
+"""The ONNX graph a job's compression calls for: ONNX Runtime's variants (TensorRT builds from the same graphs).
 
 - none / prune* / cluster: the fp32 export (`ctx.onnx()`); the weights were changed at torch level.
 - fp16: the fp32 graph converted to float16, inputs and outputs kept float32.
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fleetbench.agent.backends.onnxruntime import onnx_files
-from fleetbench.agent.compress.precision import describe, majority_dtype
+from fleetbench.agent.backends.precision import calibration_batches, describe, majority_dtype
 from fleetbench.shared.errors import Unsupported
+from fleetbench.shared.vocab import METHODS
 
 if TYPE_CHECKING:
     from fleetbench.agent.backends.base import ExportContext
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTERNAL_DATA_BYTES = 1 << 30    # write weights beside the graph above this (protobuf's limit is 2 GB)
-ONNX_METHODS = ("none", "prune", "prune-channels", "cluster", "fp16", "int8-static", "int8-dynamic")
+ONNX_METHODS = ("fp16", "int8-static", "int8-dynamic")   # precision methods with an ONNX graph of their own
 
 # Compute layers in an ORT graph (after its optimizer), by how their precision is known.
 _INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
@@ -47,28 +47,22 @@ class OnnxVariant:
     notes: list[str] = field(default_factory=list)
 
 
-def onnx_for(ctx: "ExportContext") -> tuple[Path, str]:
-    """The ONNX graph this job's compression calls for and the precision it computes in:
-    none/prune*/cluster -> ctx.onnx() (fp32, weights already changed at torch level), 'fp32';
-    fp16 -> the fp32 ONNX converted to fp16 (keep_io_types: input/output stay fp32), 'fp16';
-    int8-static -> QDQ ONNX from quantize_static (symmetric int8 activations, per-channel int8 weights,
-    calibrated on ctx.calib_x), 'int8';
-    int8-dynamic -> quantize_dynamic output, 'int8' (or 'fp32' if it quantized nothing);
-    bf16 -> raises Unsupported: not an ONNX variant.
-    List the files with `onnx_variant(ctx).files` (or agent.backends.onnxruntime.onnx_files)."""
-    v = onnx_variant(ctx)
-    return v.path, v.dtype
+def onnx_files(path: Path) -> list[Path]:
+    """The ONNX file and its external-data file(s) beside it."""
+    return [path] + sorted(p for p in path.parent.glob(path.name + ".data*") if p.is_file())
 
 
 def onnx_variant(ctx: "ExportContext") -> OnnxVariant:
-    """onnx_for with the variant's files and notes; made once per job (cached under ctx.workdir)."""
+    """The ONNX graph this job's compression calls for, with its files and notes; made once per job
+    (cached under ctx.workdir). Methods without a precision level (none, prune*, cluster) get the fp32
+    export: their weights were changed at torch level. bf16 raises Unsupported: not an ONNX variant."""
     method = ctx.job.compression.method
+    if METHODS[method].level != "precision":
+        base = ctx.onnx()
+        return OnnxVariant(base, "fp32", onnx_files(base))
     if method not in ONNX_METHODS:
         why = " (the ONNX Conv operator does not take bfloat16 tensors, opset 18)" if method == "bf16" else ""
         raise Unsupported(f"{method}: not an ONNX variant{why}")
-    if method not in ("fp16", "int8-static", "int8-dynamic"):
-        base = ctx.onnx()
-        return OnnxVariant(base, "fp32", onnx_files(base))
     out = ctx.workdir / f"onnx-{method}" / "model.onnx"
     meta = out.parent / "variant.json"
     if out.is_file() and meta.is_file():
@@ -152,16 +146,6 @@ def _calibration(base: Path, ctx) -> tuple[str, list[np.ndarray]]:
     dim0 = inp.type.tensor_type.shape.dim[0]
     bs = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else len(ctx.example)
     return inp.name, calibration_batches(ctx.calib_x, bs)
-
-
-def calibration_batches(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """`x` cut into full batches of `batch_size` (wrapping around so every image is used at least once)."""
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) == 0:
-        raise ValueError("no calibration images")
-    n = -(-len(x) // batch_size) * batch_size
-    idx = np.arange(n) % len(x)
-    return [np.ascontiguousarray(x[idx[i:i + batch_size]]) for i in range(0, n, batch_size)]
 
 
 class _Reader:
