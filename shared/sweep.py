@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from fleetbench.shared.errors import SweepError, printable
 from fleetbench.shared.vocab import BACKENDS as REGISTRY
 from fleetbench.shared.vocab import METHODS, BackendName, HwKind
+from fleetbench.shared.yamlread import show_path
 
 # The registry's names; the test-only `null` engine is accepted but not advertised.
 BACKENDS = tuple(n for n in REGISTRY if n != BackendName.NULL)
@@ -262,19 +263,6 @@ def _unique(v: list) -> list:
 def _loc(loc: tuple) -> tuple:
     """A pydantic error location as a document path (validator names dropped)."""
     return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "tagged-union")))
-
-
-def show_path(path: tuple) -> str:
-    """`models[0].source`; a key that is not a plain name is quoted: `measure['a b']`."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_<][A-Za-z0-9_>-]{0,63}", str(part)):
-            out += ("." if out else "") + str(part)
-        else:
-            out += f"[{str(part)[:40]!r}]"
-    return out
 
 
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "text (quote it)",

@@ -9,6 +9,7 @@ the line of the second one) so that it is reported together with the schema's er
 """
 from __future__ import annotations
 
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,20 @@ def _pos(node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def show_path(path: tuple) -> str:
+    """`models[0].source`; a key that is not a plain name is quoted: `measure['a b']`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_<][A-Za-z0-9_>-]{0,63}", str(part)):
+            out += ("." if out else "") + str(part)
+        else:
+            out += f"[{str(part)[:40]!r}]"
+    return out
+
+
 def _show(path: Path_) -> str:
-    from fleetbench.shared.sweep import show_path
     return show_path(path) or "(top level)"
 
 

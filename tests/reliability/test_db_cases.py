@@ -352,12 +352,13 @@ def test_cache_is_a_file(tmp_path, sweep, capsys, monkeypatch):
 
 def test_empty_cache_variable_means_the_default(tmp_path, monkeypatch):
     from fleetbench.agent import models
-    from fleetbench.agent.backends import _ort_gpu, tensorrt
+    from fleetbench.agent.backends import tensorrt
+    from fleetbench.agent.backends.onnxruntime import cuda as ort_cuda
     monkeypatch.setenv("FLEETBENCH_CACHE", "")
     monkeypatch.chdir(tmp_path)
     home = Path.home() / ".cache" / "fleetbench"
     assert models.weights_cache_dir() == home / "weights"     # not ./weights in the working directory
-    assert tensorrt.cache_root().parent == home and _ort_gpu.ort_trt_cache().parent == home
+    assert tensorrt.cache_root().parent == home and ort_cuda.ort_trt_cache().parent == home
 
 
 def _images(root: Path, classes: int) -> Path:
