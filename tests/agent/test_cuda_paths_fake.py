@@ -149,6 +149,42 @@ def test_provider_chain_tensorrt_ep_caches_engines_and_falls_back_to_cuda(monkey
     assert [p[0] if isinstance(p, tuple) else p for p in _ort_gpu.provider_chain(_ort_gpu.CUDA)] == [_ort_gpu.CUDA, _ort_gpu.CPU]
 
 
+def _artifact(path, data: bytes, dtype="fp32"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return Artifact([path], dtype=dtype)
+
+
+def test_provider_chain_tensorrt_ep_engine_cache_prefix_is_per_artifact(monkeypatch, tmp_path):
+    """ORT keys its TensorRT EP engine cache by file name and tensor names: every fleetbench graph is
+    model.onnx, so two jobs' graphs must get different prefixes (and the same graph the same one)."""
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    a = _artifact(tmp_path / "job-a" / "model.onnx", b"graph with pruned weights")
+    b = _artifact(tmp_path / "job-b" / "model.onnx", b"graph with clustered weights")
+    a2 = _artifact(tmp_path / "job-c" / "model.onnx", b"graph with pruned weights")
+    prefix = {k: _ort_gpu.provider_chain(_ort_gpu.TRT, 0, art)[0][1]["trt_engine_cache_prefix"]
+              for k, art in (("a", a), ("b", b), ("a2", a2))}
+    assert prefix["a"] != prefix["b"] and prefix["a"] == prefix["a2"]
+    ext = tmp_path / "job-a" / "model.onnx.data"                      # external weights count too
+    ext.write_bytes(b"w1")
+    assert _ort_gpu.provider_chain(_ort_gpu.TRT, 0, Artifact([a.main, ext]))[0][1]["trt_engine_cache_prefix"] \
+        != prefix["a"]
+
+
+@pytest.mark.parametrize("dtype, fp16, int8", [("fp32", False, False), ("fp16", True, False), ("int8", False, True)])
+def test_provider_chain_tensorrt_ep_precision_flags_follow_the_graph(monkeypatch, tmp_path, dtype, fp16, int8):
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    opts = _ort_gpu.provider_chain(_ort_gpu.TRT, 0, _artifact(tmp_path / "model.onnx", b"g", dtype))[0][1]
+    assert (opts["trt_fp16_enable"], opts["trt_int8_enable"]) == (fp16, int8)
+
+
+@pytest.mark.parametrize("dtype, cc, expect", [("fp32", "9.0", "tf32"), ("fp32", "8.0", "tf32"), ("fp32", "7.5", "fp32"),
+                                               ("fp16", "9.0", "fp16"), ("int8", "9.0", "int8"), ("fp32", None, "fp32")])
+def test_trt_ep_fp32_on_ampere_or_later_is_labelled_tf32(dtype, cc, expect):
+    got, how = _ort_gpu.trt_ep_dtype(dtype, cc)
+    assert got == expect and "precision flags" in how
+
+
 def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placement(monkeypatch, nvml, tmp_path):
     ort = fake_ort(in_type="tensor(float16)")
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
@@ -164,7 +200,8 @@ def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placemen
     assert engine.provider == _ort_gpu.CUDA and engine.vram_source == "nvml-process"
     assert engine.vram() == pytest.approx(700)
     assert engine.notes() == ["ORT node placement: CUDAExecutionProvider 20, CPUExecutionProvider 3 "
-                              "(on CPU: Shape x2, Gather x1)"]
+                              "(on CPU: Shape x2, Gather x1)", "dtype fp32: TF32 off (CUDA EP use_tf32=0)"]
+    assert sess.providers_asked[0][1]["use_tf32"] == 0                 # fp32 rows compute in IEEE fp32
     sess.log.clear()
     device_run = engine.prepare_device_run(x)
     sess.log.clear()
@@ -179,7 +216,7 @@ def test_onnxruntime_tensorrt_ep_fake_ort_silent_fallback_is_unsupported(monkeyp
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
     from fleetbench.agent.backends.onnxruntime import OnnxRuntimeBackend
     with pytest.raises(Unsupported, match="TensorrtExecutionProvider could not be created.*fell back to CUDA"):
-        OnnxRuntimeBackend().load(Artifact([tmp_path / "m.onnx"]), job("onnxruntime", "tensorrt-ep"), threads=1)
+        OnnxRuntimeBackend().load(_artifact(tmp_path / "m.onnx", b"g"), job("onnxruntime", "tensorrt-ep"), threads=1)
     assert nvml.calls["init"] == nvml.calls["shutdown"]
 
 
