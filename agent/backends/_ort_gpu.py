@@ -85,7 +85,7 @@ def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, 
     from fleetbench.agent.gpu import ProcessVram
     if provider == TRT:
         ort_trt_cache().mkdir(parents=True, exist_ok=True)
-    vram = ProcessVram(index=device_id).start()
+    vram = ProcessVram(index=device_id)   # sampled at stage ends: no thread wakes inside a timed loop
     try:
         sess = ort.InferenceSession(str(artifact.main), sess_options=opts,
                                     providers=provider_chain(provider, device_id, artifact))
@@ -112,8 +112,8 @@ def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, 
             out.append(f"vram: {vram.reason}")
         return out
 
-    eng = Engine(run=io.run, dtype=dtype, threads=threads, provider=used, vram=vram.peak,
-                 vram_source="nvml-process", close=vram.close)
+    vram.sample()   # after the session (and a TensorRT EP engine) is built
+    eng = vram.bind(Engine(run=io.run, dtype=dtype, threads=threads, provider=used, close=vram.close))
     eng.prepare_device_run = io.prepare_device_run
     eng.notes = notes
     return eng

@@ -74,7 +74,7 @@ def with_cuda_extras(engine, device: str):
     if not device.startswith("cuda"):
         return engine
     from fleetbench.agent.gpu import ProcessVram, device_index
-    nvml = ProcessVram(index=device_index(device)).start()
+    nvml = ProcessVram(index=device_index(device))   # sampled when read: no thread in timed loops
     engine.prepare_device_run = getattr(engine.run, "prepare_device_run", None)
     close = engine.close
 

@@ -149,7 +149,7 @@ class TensorRTBackend:
     def load(self, artifact: Artifact, job: Job, threads: int, memory: Any = None) -> Engine:
         import tensorrt as trt
         index = device_index(job.device)
-        vram = ProcessVram(index=index).start()
+        vram = ProcessVram(index=index)   # sampled at stage ends: no thread wakes inside a timed loop
         try:
             memory = memory or TorchCudaMemory(job.device)
             runtime = trt.Runtime(_logger(trt))
@@ -168,8 +168,9 @@ class TensorRTBackend:
             vram.close()
 
         dtype, how = engine_dtype(trt, engine, artifact.dtype)
-        eng = Engine(run=io.run, dtype=dtype, threads=None, provider=f"tensorrt-{trt.__version__}:{job.device}",
-                     vram=vram.peak, vram_source="nvml-process", close=close)
+        vram.sample()   # engine, context and I/O buffers allocated
+        eng = vram.bind(Engine(run=io.run, dtype=dtype, threads=None, provider=f"tensorrt-{trt.__version__}:{job.device}",
+                               close=close))
         eng.prepare_device_run = io.prepare_device_run   # device-resident timing: no host copies
         eng.notes = lambda: _notes(artifact, vram) + [f"dtype {dtype}: {how}"]
         return eng

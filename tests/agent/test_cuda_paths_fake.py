@@ -197,8 +197,8 @@ def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placemen
     np.testing.assert_allclose(y, np.full((2, 3), 2 * 192.0))
     assert sess.log == [("bind_cpu_input", "input", np.float16), ("bind_output", "logits", "cuda", 0), ("run",),
                         ("copy_outputs_to_cpu",)]
-    assert engine.provider == _ort_gpu.CUDA and engine.vram_source == "nvml-process"
-    assert engine.vram() == pytest.approx(700)
+    assert engine.provider == _ort_gpu.CUDA
+    assert engine.vram() == pytest.approx(700) and engine.vram_source == "nvml-process"
     assert engine.notes() == ["ORT node placement: CUDAExecutionProvider 20, CPUExecutionProvider 3 "
                               "(on CPU: Shape x2, Gather x1)", "dtype fp32: TF32 off (CUDA EP use_tf32=0)"]
     assert sess.providers_asked[0][1]["use_tf32"] == 0                 # fp32 rows compute in IEEE fp32

@@ -202,7 +202,7 @@ def test_load_fake_tensorrt_runs_synchronously_with_device_io_and_nvml_vram(fake
     device_run()
     assert memory.log == ["synchronize", "synchronize"]
 
-    assert engine.vram_source == "nvml-process" and engine.vram() == pytest.approx(512)
+    assert engine.vram() == pytest.approx(512) and engine.vram_source == "nvml-process"
     assert any("NVIDIA H200" in n for n in engine.notes())
     engine.close()
     assert memory.log[-1] == "release" and nvml.calls["init"] == nvml.calls["shutdown"]
