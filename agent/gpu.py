@@ -44,12 +44,17 @@ def nvidia_gpus() -> tuple[list[dict[str, Any]], Optional[str], Optional[str]]:
 
 
 def nvidia_gpu(index: int = 0) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str]]:
-    """(the GPU at `index`, driver version, reason when there is none)."""
+    """(CUDA device `index` as NVML describes it, driver version, reason when there is none).
+    CUDA numbers the devices CUDA_VISIBLE_DEVICES lets it see; NVML numbers every GPU: see cuda_to_nvml."""
     gpus, driver, reason = nvidia_gpus()
+    try:
+        kind, key = cuda_to_nvml(index, cuda_uuid=_torch_cuda_uuid(index))
+    except ValueError as e:
+        return None, driver, str(e)
     for g in gpus:
-        if g["index"] == index:
+        if g["uuid" if kind == "uuid" else "index"] == key:
             return g, driver, None
-    return None, driver, reason or f"no NVIDIA GPU with index {index} (NVML reports {len(gpus)})"
+    return None, driver, reason or f"no NVIDIA GPU for CUDA device {index} (NVML {kind} {key}; NVML reports {len(gpus)})"
 
 
 def device_index(device: str) -> int:

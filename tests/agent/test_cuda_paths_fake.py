@@ -26,6 +26,7 @@ def job(backend, device):
 @pytest.fixture
 def nvml(monkeypatch):
     fake = fake_pynvml([FakeGpu(procs=[FakeProc(os.getpid(), 700 * MB)])])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     return fake
 

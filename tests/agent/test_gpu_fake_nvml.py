@@ -13,6 +13,7 @@ ME = os.getpid()
 
 @pytest.fixture
 def nvml(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # the fake GPUs are all the node has
     def install(gpus, **kw):
         fake = fake_pynvml(gpus, **kw)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -46,7 +47,7 @@ def test_nvidia_gpu_fake_nvml_by_index(nvml):
     nvml([FakeGpu(), FakeGpu(name="B")])
     assert gpu.nvidia_gpu(1)[0]["name"] == "B"
     g, _, reason = gpu.nvidia_gpu(5)
-    assert g is None and "index 5" in reason
+    assert g is None and "CUDA device 5" in reason
     assert (gpu.device_index("cuda"), gpu.device_index("cuda:3"), gpu.device_index("cpu")) == (0, 3, 0)
 
 
@@ -106,6 +107,15 @@ def test_process_vram_fake_nvml_watches_the_gpu_cuda_visible_devices_names(nvml,
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-third,0")
     assert gpu.process_vram_mb(index=0) == pytest.approx(7)           # by UUID
     assert gpu.process_vram_mb(index=1) == pytest.approx(100)
+
+
+def test_nvidia_gpu_fake_nvml_is_the_cuda_device_not_the_nvml_index(nvml, monkeypatch):
+    nvml([FakeGpu(name="A"), FakeGpu(name="B"), FakeGpu(name="C", uuid="GPU-c")])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
+    assert gpu.nvidia_gpu(0)[0]["name"] == "C" and gpu.nvidia_gpu(1)[0]["name"] == "B"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-c")
+    assert gpu.nvidia_gpu(0)[0]["name"] == "C"
+    assert "not visible" in gpu.nvidia_gpu(1)[2]
 
 
 def test_fake_pynvml_refuses_names_nvidia_ml_py_lacks(nvml):

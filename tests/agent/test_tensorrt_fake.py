@@ -33,6 +33,7 @@ def fakes(monkeypatch, tmp_path):
     nvml = fake_pynvml([FakeGpu(name="NVIDIA H200", procs=[FakeProc(os.getpid(), 512 * MB)])])
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(trt_backend, "_select_cuda_device", lambda index: None)
     return trt, nvml
