@@ -12,7 +12,7 @@ from fleetbench.agent.backends.base import Artifact, Engine
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
-from tests.fixtures.fake_gpu import MB, FakeGpu, FakeProc, fake_pynvml
+from tests.fixtures.fake_gpu import MB, ORT_OPTIONS, FakeGpu, FakeProc, fake_pynvml
 
 SPEC = ModelSpec(name="m", source="timm:test_resnet", num_classes=10, input_size=(3, 8, 8))
 
@@ -82,6 +82,11 @@ class FakeSession:
     def __init__(self, path, sess_options=None, providers=None, in_type="tensor(float)", fallback_to=None,
                  placement=(("CUDAExecutionProvider", ["Conv"] * 20), ("CPUExecutionProvider", ["Shape", "Gather", "Shape"]))):
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        for p in providers:   # as strict as ORT: an option name it does not parse fails session creation
+            if isinstance(p, tuple):
+                unknown = set(p[1]) - ORT_OPTIONS[p[0]]
+                if unknown:
+                    raise RuntimeError(f"fake onnxruntime: {p[0]} has no option(s) {sorted(unknown)}")
         self.providers_asked = providers
         self.providers = [fallback_to, "CPUExecutionProvider"] if fallback_to else names
         self.in_type, self.placement, self.log = in_type, placement, []
@@ -127,7 +132,12 @@ def fake_ort(**session_kw):
     m.InferenceSession, m.SessionOptions = session, SessionOptions
     m.ExecutionMode = types.SimpleNamespace(ORT_SEQUENTIAL=0)
     m.GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99)
-    m.OrtValue = types.SimpleNamespace(ortvalue_from_numpy=lambda a, dev, i: types.SimpleNamespace(array=a, device=dev))
+    def ortvalue_from_numpy(a, device="cpu", device_id=0):
+        if device not in ("cpu", "cuda", "cuda_pinned", "dml", "cann", "webgpu"):   # OrtDevice names ORT accepts
+            raise RuntimeError(f"fake onnxruntime: unsupported device {device!r}")
+        return types.SimpleNamespace(array=a, device=device)
+
+    m.OrtValue = types.SimpleNamespace(ortvalue_from_numpy=ortvalue_from_numpy)
     m.get_available_providers = lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     return m
 
@@ -170,6 +180,13 @@ def test_provider_chain_tensorrt_ep_engine_cache_prefix_is_per_artifact(monkeypa
     ext.write_bytes(b"w1")
     assert _ort_gpu.provider_chain(_ort_gpu.TRT, 0, Artifact([a.main, ext]))[0][1]["trt_engine_cache_prefix"] \
         != prefix["a"]
+
+
+def test_fake_ort_refuses_provider_options_ort_does_not_parse(tmp_path):
+    with pytest.raises(RuntimeError, match="no option"):
+        FakeSession("m", providers=[(_ort_gpu.TRT, {"trt_fp32_enable": True}), _ort_gpu.CPU])
+    chain = _ort_gpu.provider_chain(_ort_gpu.TRT, 0, _artifact(tmp_path / "model.onnx", b"g", "fp16"))
+    FakeSession("m", providers=chain)                                # every option fleetbench sets is ORT's
 
 
 @pytest.mark.parametrize("dtype, fp16, int8", [("fp32", False, False), ("fp16", True, False), ("int8", False, True)])
