@@ -73,6 +73,7 @@ def with_cuda_extras(engine, device: str):
     whole process (CUDA context and allocator pools included) goes into a note."""
     if not device.startswith("cuda"):
         return engine
+    pin_ieee_fp32()
     from fleetbench.agent.gpu import ProcessVram, device_index
     nvml = ProcessVram(index=device_index(device))   # sampled when read: no thread in timed loops
     engine.prepare_device_run = getattr(engine.run, "prepare_device_run", None)
@@ -81,7 +82,9 @@ def with_cuda_extras(engine, device: str):
     def notes() -> list[str]:
         peak = nvml.peak()
         return [f"NVML process VRAM peak {peak:.1f} MB (vram_peak_mb is torch.cuda.max_memory_allocated)"
-                if peak is not None else f"NVML process VRAM: {nvml.reason}"]
+                if peak is not None else f"NVML process VRAM: {nvml.reason}",
+                "TF32 off (torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False): "
+                "fp32 rows compute in IEEE fp32"]
 
     def close_all() -> None:
         nvml.close()
@@ -89,6 +92,14 @@ def with_cuda_extras(engine, device: str):
 
     engine.notes, engine.close = notes, close_all
     return engine
+
+
+def pin_ieee_fp32() -> None:
+    """fp32 means IEEE fp32 on CUDA: cuDNN convolutions use TF32 by default on Ampere and later (matmuls do
+    not, since torch 1.12); both switches off, for every torch CUDA row of this process."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def cuda_vram(device: str):

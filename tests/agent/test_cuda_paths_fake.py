@@ -261,6 +261,19 @@ def test_torch_cpu_runner_has_no_device_resident_mode():
     assert engine.notes() == [] and engine.prepare_device_run is None   # a CPU engine gets no CUDA extras
 
 
+def test_torch_cuda_rows_pin_ieee_fp32(nvml, monkeypatch):
+    import torch
+
+    from fleetbench.agent.backends._torch_common import with_cuda_extras
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True   # TF32 allowed
+        with_cuda_extras(Engine(run=lambda x: x, dtype="fp32"), "cuda").close()
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_torch_cuda_extras_fake_nvml_note_and_close(nvml):
     from fleetbench.agent.backends._torch_common import with_cuda_extras
     closed = []
@@ -271,7 +284,8 @@ def test_torch_cuda_extras_fake_nvml_note_and_close(nvml):
     run.prepare_device_run = lambda x: (lambda: None)
     engine = with_cuda_extras(Engine(run=run, dtype="fp32", close=lambda: closed.append(1)), "cuda:0")
     assert engine.prepare_device_run is run.prepare_device_run
-    assert engine.notes() == ["NVML process VRAM peak 700.0 MB (vram_peak_mb is torch.cuda.max_memory_allocated)"]
+    assert engine.notes()[0] == "NVML process VRAM peak 700.0 MB (vram_peak_mb is torch.cuda.max_memory_allocated)"
+    assert "TF32 off" in engine.notes()[1]
     engine.close()
     assert closed == [1] and nvml.calls["init"] == nvml.calls["shutdown"]
 
