@@ -55,10 +55,17 @@ def make_runner(fn, device: str):
             t = torch.from_numpy(x).to(dev, dtype=in_dtype)
         torch.cuda.synchronize(dev)
 
-        def device_run() -> None:
+        stream = torch.cuda.current_stream(dev)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def device_run() -> float:
+            """One run; its device time in seconds (CUDA events around it on the stream it runs on)."""
+            start.record(stream)
             with torch.inference_mode():
                 fn(t)
+            end.record(stream)
             torch.cuda.synchronize(dev)
+            return start.elapsed_time(end) / 1e3
 
         return device_run
 

@@ -348,9 +348,12 @@ class TrtIO:
             if not self.context.set_tensor_address(name, memory.ptr(buf)):
                 raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
 
-    def _execute(self) -> None:
+    def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.memory.stream_handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def _execute(self) -> None:
+        self._enqueue()
         self.memory.synchronize()
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -361,11 +364,12 @@ class TrtIO:
         return np.asarray(self.memory.download(self.outputs[0][2]), dtype=np.float32)
 
     def prepare_device_run(self, x: np.ndarray):
-        """Upload `x` once; the returned call executes on device-resident I/O and synchronises."""
+        """Upload `x` once; the returned call executes on device-resident I/O, waits for it, and returns the
+        device time in seconds, measured with CUDA events on the engine's stream."""
         _, dtype, buf = self.inputs[0]
         self.memory.upload(buf, np.ascontiguousarray(x, dtype=dtype))
         self.memory.synchronize()
-        return self._execute
+        return lambda: self.memory.timed(self._enqueue)
 
     def release(self) -> None:
         self.inputs, self.outputs, self.context = [], [], None
@@ -402,6 +406,15 @@ class TorchCudaMemory:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    def timed(self, enqueue) -> float:
+        """Seconds the work `enqueue` puts on the stream takes on the device (CUDA events); returns when done."""
+        start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+        start.record(self.stream)
+        enqueue()
+        end.record(self.stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
 
     def download(self, buf: Any) -> np.ndarray:
         with self.torch.cuda.stream(self.stream):

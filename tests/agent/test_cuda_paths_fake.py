@@ -365,3 +365,30 @@ def test_openvino_fake_device_config(monkeypatch, device, threads, dtype, hint):
     assert cfg.get("INFERENCE_NUM_THREADS") == threads and cfg.get("INFERENCE_PRECISION_HINT") == hint
     assert engine.dtype == dtype and engine.threads == (3 if device == "cpu" else None)
     assert engine.run(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- device time
+
+
+@pytest.mark.parametrize("device_s, expect_note", [(0.000250, "CUDA events"), (None, "host clock")])
+def test_device_resident_time_fake_engine_uses_cuda_events_where_given(device_s, expect_note):
+    from fleetbench.agent.runner import _measure_device_resident
+    from fleetbench.shared.job import Result
+    calls = []
+
+    def prepare(x):
+        def device_run():
+            calls.append(1)
+            return device_s
+        return device_run
+
+    engine = Engine(run=lambda x: x, dtype="fp32", prepare_device_run=prepare)
+    j = job("onnxruntime", "cuda")
+    res, notes = Result.for_job(j), []
+    _measure_device_resident(engine, np.zeros((2, 3, 8, 8), np.float32), j, res, notes)
+    assert len(calls) >= j.measure.min_iters
+    assert expect_note in notes[0]
+    if device_s is not None:
+        assert res.latency_device_p50_ms == pytest.approx(0.25)           # the events' time, not the host's
+    else:
+        assert res.latency_device_p50_ms is not None and res.latency_device_p50_ms >= 0

@@ -199,9 +199,8 @@ def test_load_fake_tensorrt_runs_synchronously_with_device_io_and_nvml_vram(fake
 
     device_run = engine.prepare_device_run(x)                                   # device-resident: no copies
     memory.log.clear()
-    device_run()
-    device_run()
-    assert memory.log == ["synchronize", "synchronize"]
+    assert device_run() == device_run() == memory.device_s                      # CUDA-event device seconds
+    assert memory.log == ["timed", "timed"]
 
     assert engine.vram() == pytest.approx(512) and engine.vram_source == "nvml-process"
     assert any("NVIDIA H200" in n for n in engine.notes())
