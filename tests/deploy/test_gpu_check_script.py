@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import duckdb
 import pytest
 
 from tests.conftest import ROOT
@@ -35,11 +34,16 @@ def test_gpu_check_fake_nvidia_smi_without_gpus_exits_2_in_one_line(tmp_path):
 
 
 def results_db(path, rows):
-    con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE results (backend VARCHAR, device VARCHAR, compression VARCHAR, batch_size INTEGER, "
-                "status VARCHAR, error VARCHAR, latency_device_p50_ms DOUBLE)")
-    con.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    con.close()
+    """A results file as the coordinator writes it (fleetbench's own schema), with these rows."""
+    from fleetbench.coordinator.store import Store
+    from fleetbench.shared.job import Result
+    with Store(path) as store:
+        run_id = store.start_run("gpu-check", "{}", None)
+        for i, (backend, device, compression, bs, status, error, device_ms) in enumerate(rows):
+            store.put_result(Result(job_id=f"job{i}", sweep="gpu-check", model="digits", compression=compression,
+                                    backend=backend, device=device, batch_size=bs, status=status, error=error,
+                                    latency_device_p50_ms=device_ms, run_id=run_id, node_id="n" * 40,
+                                    hostname="gpu-node", hw_kind="nvidia"))
     return path
 
 
