@@ -44,18 +44,63 @@ def nvidia_gpus() -> tuple[list[dict[str, Any]], Optional[str], Optional[str]]:
 
 
 def nvidia_gpu(index: int = 0) -> tuple[Optional[dict[str, Any]], Optional[str], Optional[str]]:
-    """(the GPU at `index`, driver version, reason when there is none)."""
+    """(CUDA device `index` as NVML describes it, driver version, reason when there is none).
+    CUDA numbers the devices CUDA_VISIBLE_DEVICES lets it see; NVML numbers every GPU: see cuda_to_nvml."""
     gpus, driver, reason = nvidia_gpus()
+    try:
+        kind, key = cuda_to_nvml(index, cuda_uuid=_torch_cuda_uuid(index))
+    except ValueError as e:
+        return None, driver, str(e)
     for g in gpus:
-        if g["index"] == index:
+        if g["uuid" if kind == "uuid" else "index"] == key:
             return g, driver, None
-    return None, driver, reason or f"no NVIDIA GPU with index {index} (NVML reports {len(gpus)})"
+    return None, driver, reason or f"no NVIDIA GPU for CUDA device {index} (NVML {kind} {key}; NVML reports {len(gpus)})"
 
 
 def device_index(device: str) -> int:
     """The GPU index of a device name: cuda -> 0, cuda:1 -> 1 (other names: 0)."""
     _, _, idx = device.partition(":")
     return int(idx) if idx.isdigit() else 0
+
+
+def cuda_to_nvml(cuda_index: int, visible: Optional[str] = None, cuda_uuid: Optional[str] = None) -> tuple[str, Any]:
+    """How to find CUDA device `cuda_index` in NVML, which numbers GPUs physically and ignores
+    CUDA_VISIBLE_DEVICES: ('uuid', 'GPU-...') when the CUDA runtime or CUDA_VISIBLE_DEVICES names the
+    device's UUID, else ('index', the NVML index CUDA_VISIBLE_DEVICES maps it to)."""
+    if cuda_uuid:
+        return "uuid", cuda_uuid if cuda_uuid.startswith(("GPU-", "MIG-")) else f"GPU-{cuda_uuid}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if visible is None or not visible.strip():
+        return "index", cuda_index
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if cuda_index >= len(entries):
+        raise ValueError(f"CUDA device {cuda_index} is not visible (CUDA_VISIBLE_DEVICES={visible})")
+    entry = entries[cuda_index]
+    if entry.startswith(("GPU-", "MIG-")):
+        return "uuid", entry
+    if entry.isdigit():
+        return "index", int(entry)
+    raise ValueError(f"CUDA_VISIBLE_DEVICES entry {entry!r} is neither an index nor a UUID")
+
+
+def _torch_cuda_uuid(cuda_index: int) -> Optional[str]:
+    """The UUID the CUDA runtime gives device `cuda_index`, if torch is imported and CUDA is up."""
+    import sys
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            return str(torch.cuda.get_device_properties(cuda_index).uuid)
+    except Exception:
+        pass
+    return None
+
+
+def nvml_handle(pynvml: Any, cuda_index: int) -> Any:
+    """The NVML handle of CUDA device `cuda_index` (by UUID where known, honouring CUDA_VISIBLE_DEVICES)."""
+    kind, key = cuda_to_nvml(cuda_index, cuda_uuid=_torch_cuda_uuid(cuda_index))
+    if kind == "uuid":
+        return pynvml.nvmlDeviceGetHandleByUUID(key)
+    return pynvml.nvmlDeviceGetHandleByIndex(key)
 
 
 def _process_mb(pynvml: Any, handle: Any, pid: int) -> Optional[float]:
@@ -68,21 +113,25 @@ def _process_mb(pynvml: Any, handle: Any, pid: int) -> Optional[float]:
 
 
 class ProcessVram:
-    """This process's own GPU memory as NVML reports it (nvmlDeviceGetComputeRunningProcesses).
+    """This process's own GPU memory as NVML reports it, with a fallback where NVML cannot say.
 
-    Counts everything the process holds on the GPU: CUDA context, allocator pools, TensorRT activation
-    memory. `sample()` reads it now; `start()` samples from a thread every `interval_s` and keeps the peak.
-    NVML lists host PIDs: inside a PID namespace (a container without --pid=host) the process is not
-    found and every figure is None. Never raises.
+    `source` names the figure: 'nvml-process' (nvmlDeviceGetComputeRunningProcesses: everything the process
+    holds: CUDA context, allocator pools, TensorRT activation memory) or, where NVML lists no entry for this
+    process (a container without the host PID namespace sees none), 'nvml-device-delta': the device's used
+    memory minus what was used when the watch started (other processes' allocations meanwhile count too).
+    `index` is a CUDA device index (mapped to NVML by UUID / CUDA_VISIBLE_DEVICES); None watches every GPU.
+    `sample()` reads it now; `start()` samples from a thread every `interval_s` and keeps the peak. Never raises.
     """
 
     def __init__(self, index: Optional[int] = None, pid: Optional[int] = None, interval_s: float = 0.02):
         self.pid = os.getpid() if pid is None else pid
         self.index, self.interval_s = index, interval_s
         self.peak_mb: Optional[float] = None
+        self.source: Optional[str] = None
         self.reason: Optional[str] = None
         self._nvml: Any = None
         self._handles: list[Any] = []
+        self._baseline: list[float] = []
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._open()
@@ -95,9 +144,11 @@ class ProcessVram:
             self.reason = f"NVML unavailable ({type(e).__name__}: {e})"
             return
         try:
-            n = pynvml.nvmlDeviceGetCount()
-            idx = range(n) if self.index is None else [self.index]
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in idx]
+            if self.index is None:
+                self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            else:
+                self._handles = [nvml_handle(pynvml, self.index)]
+            self._baseline = [pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20 for h in self._handles]
             self._nvml = pynvml
         except Exception as e:
             self.reason = f"NVML: {e}"
@@ -109,14 +160,19 @@ class ProcessVram:
             return None
         try:
             parts = [_process_mb(self._nvml, h, self.pid) for h in self._handles]
+            seen = [p for p in parts if p is not None]
+            if seen:
+                now, source = sum(seen), "nvml-process"
+            else:
+                used = [self._nvml.nvmlDeviceGetMemoryInfo(h).used / 2**20 for h in self._handles]
+                now, source = max(0.0, sum(used) - sum(self._baseline)), "nvml-device-delta"
+                self.reason = f"NVML lists no memory for pid {self.pid}; device used memory minus the start's"
         except Exception as e:
             self.reason = f"NVML: {e}"
             return None
-        seen = [p for p in parts if p is not None]
-        if not seen:
-            self.reason = f"NVML lists no memory for pid {self.pid}"
-            return None
-        now = sum(seen)
+        if self.source is not None and source != self.source:
+            self.peak_mb = None   # never mix the two figures in one peak
+        self.source = source
         self.peak_mb = now if self.peak_mb is None else max(self.peak_mb, now)
         return now
 
@@ -124,6 +180,15 @@ class ProcessVram:
         """The peak so far, after one more sample."""
         self.sample()
         return self.peak_mb
+
+    def bind(self, engine: Any) -> Any:
+        """Make `engine.vram()` return this peak and set `engine.vram_source` to the figure it is."""
+        def vram() -> Optional[float]:
+            peak = self.peak()
+            engine.vram_source = self.source if peak is not None else None
+            return peak
+        engine.vram = vram
+        return engine
 
     def start(self) -> "ProcessVram":
         if self._nvml is None or self._thread is not None:

@@ -61,9 +61,18 @@ def bench_nodes(nodes: list[dict]) -> list[dict]:
     return slotted or nodes
 
 
+# Agent tasks request no GPUs, yet must see every GPU of their node (the node's own CUDA_VISIBLE_DEVICES, as
+# deploy/start-node.sh set it for `ray start`). Whether Ray blanks CUDA_VISIBLE_DEVICES for a task with zero
+# GPUs depends on its version (older: yes; 2.5x: no, unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1), so say it:
+# Ray leaves the variable alone in these workers.
+GPU_VISIBILITY_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+
+
 def node_options(node: dict) -> dict:
-    """Scheduling options that pin a task to this node and take its one benchmark slot."""
-    opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)}
+    """Scheduling options that pin a task to this node and take its one benchmark slot; the task sees the
+    node's GPUs (GPU_VISIBILITY_ENV)."""
+    opts = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            "runtime_env": {"env_vars": dict(GPU_VISIBILITY_ENV)}}
     total = node.get("Resources", {})
     if total.get(SLOT):
         opts.update(num_cpus=0, resources={SLOT: 1})
@@ -91,7 +100,8 @@ def discover(timeout_s: float = PROBE_TIMEOUT_S) -> list[NodeProfile]:
     refs = {}
     for node_id, n in nodes.items():
         pin = NodeAffinitySchedulingStrategy(node_id, soft=False)
-        refs[_probe.options(scheduling_strategy=pin).remote(fleet_labels(n))] = node_id
+        refs[_probe.options(scheduling_strategy=pin, runtime_env={"env_vars": dict(GPU_VISIBILITY_ENV)})
+             .remote(fleet_labels(n))] = node_id
     ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
     profiles = []
     for ref in ready:

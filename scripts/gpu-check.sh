@@ -3,12 +3,15 @@
 # (pytorch / torchscript on cuda, onnxruntime CUDA and TensorRT EPs, native TensorRT) with
 # compression none, fp16 and int8-static at batch 1 and 8, and print the table. Target: < 8 minutes.
 #
-# It never stops at a missing piece: what cannot run (no GPU, no tensorrt, no onnxruntime-gpu, ...)
-# becomes `unsupported` rows whose reason says why, and the preflight below says it up front.
+# On a machine without an NVIDIA GPU it says so in one line and exits 2. Otherwise it never stops at a
+# missing piece: what cannot run (no tensorrt, no onnxruntime-gpu, ...) becomes `unsupported` rows whose
+# reason says why, and the preflight below says it up front. It exits 1 when any row expected to be `ok` on
+# an NVIDIA node (EXPECTED_OK below) is not, or when no results were written; 0 when all of them are ok.
 #
 #   scripts/gpu-check.sh                 # uses $PYTHON, else .venv/bin/python, else python3
 #   FLEETBENCH_INSTALL=1 scripts/gpu-check.sh   # first: pip install -e '.[nvidia]' into that python
 #   GPU_CHECK_BUDGET_S=420 (default)     # hard cap for the sweep; rows finished by then are still printed
+#   scripts/gpu-check.sh --check-db R.duckdb   # only the expected-ok check, on an earlier results file
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,6 +23,33 @@ fi
 BIN=$(dirname "$(command -v "$PY" || echo "$PY")")
 COORD="$PY -m fleetbench.coordinator.cli"
 [[ -x $BIN/coordinator ]] && COORD=$BIN/coordinator
+# Rows that must be `ok` on an NVIDIA node with the [nvidia] extra installed, at both batch sizes.
+# Prints those that are not (a missing row counts); returns 1 if any, or if the database cannot be read.
+check_expected() {
+  local bad
+  echo "== expected ok on an NVIDIA node, and not ok (missing rows count too)"
+  bad=$($COORD query --db "$1" --format csv "WITH want AS (
+      SELECT * FROM (VALUES ('pytorch','cuda','none'), ('pytorch','cuda','fp16'), ('torchscript','cuda','none'),
+        ('torchscript','cuda','fp16'), ('onnxruntime','cuda','none'), ('onnxruntime','cuda','fp16'),
+        ('onnxruntime','tensorrt-ep','none'), ('onnxruntime','tensorrt-ep','fp16'),
+        ('onnxruntime','tensorrt-ep','int8-static'), ('tensorrt','cuda','none'), ('tensorrt','cuda','fp16'),
+        ('tensorrt','cuda','int8-static')) AS w(backend, device, compression),
+        (VALUES (1), (8)) AS b(batch_size))
+    SELECT w.backend, w.device, w.compression, w.batch_size, coalesce(r.status, 'missing') AS status,
+      coalesce(r.error, '') AS error
+    FROM want w LEFT JOIN results r USING (backend, device, compression, batch_size)
+    WHERE r.status IS DISTINCT FROM 'ok' ORDER BY ALL" 2>&1) || { echo "$bad"; echo "!! cannot read $1"; return 1; }
+  if [[ $(printf '%s\n' "$bad" | grep -c .) -gt 1 ]]; then   # the CSV header, then one line per row not ok
+    echo "$bad"
+    return 1
+  fi
+  echo "(none)"
+}
+
+if [[ ${1:-} == --check-db ]]; then   # only the check, on a results file written before
+  check_expected "${2:?usage: scripts/gpu-check.sh --check-db results.duckdb}"
+  exit $?
+fi
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
 OUT=${GPU_CHECK_DIR:-$(mktemp -d /tmp/fleetbench-gpu-check.XXXXXX)}
 mkdir -p "$OUT"
@@ -27,12 +57,12 @@ export FLEETBENCH_CACHE=${FLEETBENCH_CACHE:-$OUT/cache}
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 start=$(date +%s)
 
-echo "== gpu-check: python $PY, output in $OUT"
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv,noheader || true
-else
-  echo "nvidia-smi: not found (no NVIDIA driver on this machine?)"
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  echo "gpu-check: no NVIDIA GPU on this machine (nvidia-smi $(command -v nvidia-smi >/dev/null 2>&1 && echo 'lists none' || echo 'not found'))"
+  exit 2
 fi
+echo "== gpu-check: python $PY, output in $OUT"
+nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total --format=csv,noheader || true
 
 if [[ ${FLEETBENCH_INSTALL:-0} == 1 ]]; then
   echo "== installing the [nvidia] extra (onnxruntime-gpu replaces the CPU onnxruntime wheel)"
@@ -109,7 +139,7 @@ ENGINE_PAIRS="NOT (device = 'tensorrt-ep' AND backend <> 'onnxruntime')"
 if [[ -f $DB ]]; then
   echo "== results (every row: ok, failed with stage, unsupported with reason)"
   $COORD query --db "$DB" "SELECT backend, device, compression AS comp, dtype, batch_size AS bs, status,
-      round(latency_p50_ms, 3) AS p50_ms, round(first_ms, 1) AS first_ms, round(build_s + coalesce(export_s, 0), 1) AS build_s,
+      round(latency_p50_ms, 3) AS p50_ms, round(latency_device_p50_ms, 3) AS device_p50_ms, round(first_ms, 1) AS first_ms, round(build_s + coalesce(export_s, 0), 1) AS build_s,
       round(vram_peak_mb, 1) AS vram_mb, vram_source, round(f1_macro, 4) AS f1, round(top1_agreement, 4) AS agree,
       provider, coalesce(error, '') AS error
     FROM results WHERE $ENGINE_PAIRS ORDER BY status, backend, device, compression, bs" || true
@@ -121,5 +151,12 @@ if [[ -f $DB ]]; then
     WHERE status <> 'ok' AND $ENGINE_PAIRS GROUP BY ALL ORDER BY jobs DESC" || true
 else
   echo "!! no results database was written"
+  echo "== gpu-check FAILED in $(( $(date +%s) - start ))s: no results"
+  exit 1
 fi
-echo "== gpu-check done in $(( $(date +%s) - start ))s"
+
+if ! check_expected "$DB"; then
+  echo "== gpu-check FAILED in $(( $(date +%s) - start ))s: rows expected ok are not (above)"
+  exit 1
+fi
+echo "== gpu-check ok in $(( $(date +%s) - start ))s"

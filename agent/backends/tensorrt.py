@@ -1,9 +1,12 @@
 """TensorRT: a native engine built on this node's own GPU from the exported ONNX (TensorRT 10/11 Python API).
 
 Precision comes from the ONNX graph itself (TensorRT 11 has no FP16/INT8 builder flags and no calibrator:
-networks are strongly typed): fp32 graph -> fp32 engine, fp16-converted graph -> fp16, ORT's static Q/DQ
-graph -> int8. Engines are specific to the GPU, its compute capability, the TensorRT version and the driver:
-they are built here and cached under a key made of all of them (`engine_cache_key`); a hit skips the build.
+networks are strongly typed; on 10.x fleetbench asks for a strongly typed network): fp32 graph -> fp32
+engine (TF32 builder flag cleared), fp16-converted graph -> fp16, the TensorRT-form Q/DQ graph -> int8.
+The engine's layer precisions are read back with the engine inspector where TensorRT gives them.
+Engines are specific to the GPU, its compute capability, the TensorRT version and the driver:
+they are built here and cached under a key made of all of them and of the exporter that wrote the ONNX
+(`engine_cache_key`); a hit skips the build.
 The builder's timing cache persists per GPU/TensorRT version, so a rebuild of a similar graph is fast.
 """
 from __future__ import annotations
@@ -54,13 +57,38 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "unknown"
 
 
-def engine_cache_key(job_id: str, gpu: Mapping[str, Any] | str, trt_version: str, driver: Optional[str]) -> str:
+# What writes the ONNX a TensorRT engine is built from: an edit here, or another version of a package
+# below, is another graph and so another engine.
+EXPORTER_MODULES = ("fleetbench.agent.backends.tensorrt", "fleetbench.agent.backends.onnxruntime.variants",
+                    "fleetbench.agent.onnx_export")
+EXPORTER_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript")
+
+
+def exporter_fingerprint() -> dict[str, Any]:
+    """Hashes of fleetbench's exporter code and the versions of the packages that write the ONNX graph."""
+    import importlib.metadata
+
+    from fleetbench.agent.cache import _source_hash
+    versions: dict[str, Optional[str]] = {}
+    for name in EXPORTER_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"code": {m: _source_hash(m) for m in EXPORTER_MODULES}, "versions": versions}
+
+
+def engine_cache_key(job_id: str, gpu: Mapping[str, Any] | str, trt_version: str, driver: Optional[str],
+                     exporter: Optional[Mapping[str, Any]] = None) -> str:
     """The engine-cache key: the job (model, weights, compression, batch...) plus everything an engine is
-    specific to: GPU model, compute capability, TensorRT version and driver. Readable prefix, hashed rest."""
+    specific to: GPU model, compute capability, TensorRT version, driver, and the exporter that wrote
+    its ONNX (fleetbench code hashes, torch/onnx/onnxruntime versions). Readable prefix, hashed rest."""
     if isinstance(gpu, str):
         gpu = {"name": gpu}
     blob = json.dumps({"job": job_id, "gpu": gpu.get("name"), "cc": gpu.get("compute_capability"),
-                       "trt": trt_version, "driver": driver}, sort_keys=True).encode()
+                       "trt": trt_version, "driver": driver,
+                       "exporter": exporter if exporter is not None else exporter_fingerprint()},
+                      sort_keys=True).encode()
     return f"{job_id}-{_slug(str(gpu.get('name')))}-trt{_slug(trt_version)}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
@@ -122,7 +150,7 @@ class TensorRTBackend(Backend):
         if gpu is None:
             raise Unsupported(f"tensorrt: {reason}")
         version = trt.__version__
-        key = engine_cache_key(ctx.job.job_id, gpu, version, driver)
+        key = engine_cache_key(ctx.job.job_id, gpu, version, driver, exporter_fingerprint())
         made = dict(gpu=gpu["name"], compute_capability=gpu["compute_capability"], tensorrt=version,
                     driver=driver, engine_key=key, onnx=str(onnx_path))
         out = ctx.workdir / "model.engine"
@@ -143,7 +171,7 @@ class TensorRTBackend(Backend):
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import tensorrt as trt
         index = device_index(job.device)
-        vram = ProcessVram(index=index).start()
+        vram = ProcessVram(index=index)   # sampled at stage ends: no thread wakes inside a timed loop
         try:
             memory = self.memory(job.device)
             runtime = trt.Runtime(_logger(trt))
@@ -161,9 +189,11 @@ class TensorRTBackend(Backend):
             alive.clear()
             vram.close()
 
-        return Engine(run=io.run, dtype=artifact.dtype, threads=None,
-                      provider=f"tensorrt-{trt.__version__}:{job.device}", vram=vram.peak, vram_source="nvml-process",
-                      close=close, notes=lambda: _notes(artifact, vram),
+        dtype, how = engine_dtype(trt, engine, artifact.dtype)
+        vram.sample()   # engine, context and I/O buffers allocated; fixes which figure `source` is
+        return Engine(run=io.run, dtype=dtype, threads=None, provider=f"tensorrt-{trt.__version__}:{job.device}",
+                      vram=vram.peak, vram_source=vram.source, close=close,
+                      notes=lambda: _notes(artifact, vram) + [f"dtype {dtype}: {how}"],
                       prepare_device_run=io.prepare_device_run)   # device-resident timing: no host copies
 
 
@@ -177,6 +207,40 @@ def _notes(artifact: Artifact, vram: ProcessVram) -> list[str]:
     if vram.peak_mb is None and vram.reason:
         out.append(f"vram: {vram.reason}")
     return out
+
+
+def engine_dtype(trt: Any, engine: Any, graph_dtype: str) -> tuple[str, str]:
+    """(dtype, how it was established): read back from the engine's layer information (built with
+    DETAILED profiling verbosity) where TensorRT gives it, else the graph's dtype (strongly typed network)."""
+    from fleetbench.agent.backends.precision import describe, majority_dtype
+    try:
+        inspector = engine.create_engine_inspector()
+        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception as e:   # an engine built without layer information, or an older TensorRT
+        return graph_dtype, f"from the graph (strongly typed network; engine inspector: {type(e).__name__})"
+    counts = layer_precisions(info)
+    if not counts:
+        return graph_dtype, "from the graph (strongly typed network; the engine lists no conv/matmul layer precisions)"
+    return majority_dtype(counts), f"read back from the engine's layers: {describe(counts)} conv/matmul layers"
+
+
+_TRT_COMPUTE = ("Convolution", "Conv", "Gemm", "MatrixMultiply", "FullyConnected", "Deconvolution")
+
+
+def layer_precisions(info: Mapping[str, Any]) -> dict[str, int]:
+    """Conv/matmul layers per precision, from IEngineInspector JSON (DETAILED): a layer's precision is its
+    first input's data type, as the 'Format/Datatype' string names it ('... Int8 ...', '... FP16 ...')."""
+    counts: dict[str, int] = {}
+    for layer in info.get("Layers", []):
+        if not isinstance(layer, Mapping) or not any(k in str(layer.get("LayerType", "")) for k in _TRT_COMPUTE):
+            continue
+        inputs = layer.get("Inputs") or [{}]
+        fmt = str(inputs[0].get("Format/Datatype", "")).lower()
+        dtype = ("int8" if "int8" in fmt else "fp16" if ("fp16" in fmt or "half" in fmt)
+                 else "bf16" if "bf16" in fmt else "fp32" if ("fp32" in fmt or "float" in fmt) else None)
+        if dtype:
+            counts[dtype] = counts.get(dtype, 0) + 1
+    return counts
 
 
 def onnx_for(ctx: ExportContext) -> tuple[Path, str]:
@@ -197,6 +261,11 @@ def build_engine(trt: Any, onnx_path: Path, input_shape: tuple[int, ...], timing
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors[:3]) or 'unknown error'}")
     config = builder.create_builder_config()
+    # fp32 means IEEE fp32: TensorRT lets fp32 convolutions and matrix products use TF32 by default
+    # (Ampere and later); a strongly typed network still honours this flag.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    # Layer information in the engine, so load() can read back the precision each layer runs in.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = _profile(builder, network, input_shape)
     if profile is not None:
         config.add_optimization_profile(profile)
@@ -271,6 +340,9 @@ class TrtIO:
             name = engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                if dtype.kind not in "f":   # fp32 or fp16 inputs take the float batch; int8 would need its scale
+                    raise RuntimeError(f"engine input {name!r} is {dtype.name}: fleetbench feeds float batches "
+                                       "(its graphs keep float inputs)")
                 shape = tuple(engine.get_tensor_shape(name))
                 if any(d < 0 for d in shape):   # dynamic: the profile pinned it at the job's shape
                     shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
@@ -288,9 +360,12 @@ class TrtIO:
             if not self.context.set_tensor_address(name, memory.ptr(buf)):
                 raise RuntimeError(f"TensorRT refused the address of tensor {name!r}")
 
-    def _execute(self) -> None:
+    def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.memory.stream_handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def _execute(self) -> None:
+        self._enqueue()
         self.memory.synchronize()
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -301,11 +376,12 @@ class TrtIO:
         return np.asarray(self.memory.download(self.outputs[0][2]), dtype=np.float32)
 
     def prepare_device_run(self, x: np.ndarray):
-        """Upload `x` once; the returned call executes on device-resident I/O and synchronises."""
+        """Upload `x` once; the returned call executes on device-resident I/O, waits for it, and returns the
+        device time in seconds, measured with CUDA events on the engine's stream."""
         _, dtype, buf = self.inputs[0]
         self.memory.upload(buf, np.ascontiguousarray(x, dtype=dtype))
         self.memory.synchronize()
-        return self._execute
+        return lambda: self.memory.timed(self._enqueue)
 
     def release(self) -> None:
         self.inputs, self.outputs, self.context = [], [], None
@@ -342,6 +418,15 @@ class TorchCudaMemory:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    def timed(self, enqueue) -> float:
+        """Seconds the work `enqueue` puts on the stream takes on the device (CUDA events); returns when done."""
+        start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+        start.record(self.stream)
+        enqueue()
+        end.record(self.stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
 
     def download(self, buf: Any) -> np.ndarray:
         with self.torch.cuda.stream(self.stream):

@@ -12,7 +12,7 @@ from fleetbench.agent.backends.onnxruntime import cuda as _ort_gpu
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
-from tests.fixtures.fake_gpu import MB, FakeGpu, FakeProc, fake_pynvml
+from tests.fixtures.fake_gpu import MB, ORT_OPTIONS, FakeGpu, FakeProc, fake_pynvml
 
 SPEC = ModelSpec(name="m", source="timm:test_resnet", num_classes=10, input_size=(3, 8, 8))
 
@@ -26,6 +26,7 @@ def job(backend, device):
 @pytest.fixture
 def nvml(monkeypatch):
     fake = fake_pynvml([FakeGpu(procs=[FakeProc(os.getpid(), 700 * MB)])])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     return fake
 
@@ -81,6 +82,11 @@ class FakeSession:
     def __init__(self, path, sess_options=None, providers=None, in_type="tensor(float)", fallback_to=None,
                  placement=(("CUDAExecutionProvider", ["Conv"] * 20), ("CPUExecutionProvider", ["Shape", "Gather", "Shape"]))):
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        for p in providers:   # as strict as ORT: an option name it does not parse fails session creation
+            if isinstance(p, tuple):
+                unknown = set(p[1]) - ORT_OPTIONS[p[0]]
+                if unknown:
+                    raise RuntimeError(f"fake onnxruntime: {p[0]} has no option(s) {sorted(unknown)}")
         self.providers_asked = providers
         self.providers = [fallback_to, "CPUExecutionProvider"] if fallback_to else names
         self.in_type, self.placement, self.log = in_type, placement, []
@@ -126,7 +132,12 @@ def fake_ort(**session_kw):
     m.InferenceSession, m.SessionOptions = session, SessionOptions
     m.ExecutionMode = types.SimpleNamespace(ORT_SEQUENTIAL=0)
     m.GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99)
-    m.OrtValue = types.SimpleNamespace(ortvalue_from_numpy=lambda a, dev, i: types.SimpleNamespace(array=a, device=dev))
+    def ortvalue_from_numpy(a, device="cpu", device_id=0):
+        if device not in ("cpu", "cuda", "cuda_pinned", "dml", "cann", "webgpu"):   # OrtDevice names ORT accepts
+            raise RuntimeError(f"fake onnxruntime: unsupported device {device!r}")
+        return types.SimpleNamespace(array=a, device=device)
+
+    m.OrtValue = types.SimpleNamespace(ortvalue_from_numpy=ortvalue_from_numpy)
     m.get_available_providers = lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     return m
 
@@ -149,6 +160,49 @@ def test_provider_chain_tensorrt_ep_caches_engines_and_falls_back_to_cuda(monkey
     assert [p[0] if isinstance(p, tuple) else p for p in _ort_gpu.provider_chain(_ort_gpu.CUDA)] == [_ort_gpu.CUDA, _ort_gpu.CPU]
 
 
+def _artifact(path, data: bytes, dtype="fp32"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return Artifact([path], dtype=dtype)
+
+
+def test_provider_chain_tensorrt_ep_engine_cache_prefix_is_per_artifact(monkeypatch, tmp_path):
+    """ORT keys its TensorRT EP engine cache by file name and tensor names: every fleetbench graph is
+    model.onnx, so two jobs' graphs must get different prefixes (and the same graph the same one)."""
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    a = _artifact(tmp_path / "job-a" / "model.onnx", b"graph with pruned weights")
+    b = _artifact(tmp_path / "job-b" / "model.onnx", b"graph with clustered weights")
+    a2 = _artifact(tmp_path / "job-c" / "model.onnx", b"graph with pruned weights")
+    prefix = {k: _ort_gpu.provider_chain(_ort_gpu.TRT, 0, art)[0][1]["trt_engine_cache_prefix"]
+              for k, art in (("a", a), ("b", b), ("a2", a2))}
+    assert prefix["a"] != prefix["b"] and prefix["a"] == prefix["a2"]
+    ext = tmp_path / "job-a" / "model.onnx.data"                      # external weights count too
+    ext.write_bytes(b"w1")
+    assert _ort_gpu.provider_chain(_ort_gpu.TRT, 0, Artifact([a.main, ext]))[0][1]["trt_engine_cache_prefix"] \
+        != prefix["a"]
+
+
+def test_fake_ort_refuses_provider_options_ort_does_not_parse(tmp_path):
+    with pytest.raises(RuntimeError, match="no option"):
+        FakeSession("m", providers=[(_ort_gpu.TRT, {"trt_fp32_enable": True}), _ort_gpu.CPU])
+    chain = _ort_gpu.provider_chain(_ort_gpu.TRT, 0, _artifact(tmp_path / "model.onnx", b"g", "fp16"))
+    FakeSession("m", providers=chain)                                # every option fleetbench sets is ORT's
+
+
+@pytest.mark.parametrize("dtype, fp16, int8", [("fp32", False, False), ("fp16", True, False), ("int8", False, True)])
+def test_provider_chain_tensorrt_ep_precision_flags_follow_the_graph(monkeypatch, tmp_path, dtype, fp16, int8):
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    opts = _ort_gpu.provider_chain(_ort_gpu.TRT, 0, _artifact(tmp_path / "model.onnx", b"g", dtype))[0][1]
+    assert (opts["trt_fp16_enable"], opts["trt_int8_enable"]) == (fp16, int8)
+
+
+@pytest.mark.parametrize("dtype, cc, expect", [("fp32", "9.0", "tf32"), ("fp32", "8.0", "tf32"), ("fp32", "7.5", "fp32"),
+                                               ("fp16", "9.0", "fp16"), ("int8", "9.0", "int8"), ("fp32", None, "fp32")])
+def test_trt_ep_fp32_on_ampere_or_later_is_labelled_tf32(dtype, cc, expect):
+    got, how = _ort_gpu.trt_ep_dtype(dtype, cc)
+    assert got == expect and "precision flags" in how
+
+
 def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placement(monkeypatch, nvml, tmp_path):
     ort = fake_ort(in_type="tensor(float16)")
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
@@ -161,10 +215,11 @@ def test_onnxruntime_cuda_fake_ort_uses_io_binding_and_reports_vram_and_placemen
     np.testing.assert_allclose(y, np.full((2, 3), 2 * 192.0))
     assert sess.log == [("bind_cpu_input", "input", np.float16), ("bind_output", "logits", "cuda", 0), ("run",),
                         ("copy_outputs_to_cpu",)]
-    assert engine.provider == _ort_gpu.CUDA and engine.vram_source == "nvml-process"
-    assert engine.vram() == pytest.approx(700)
+    assert engine.provider == _ort_gpu.CUDA
+    assert engine.vram() == pytest.approx(700) and engine.vram_source == "nvml-process"
     assert engine.notes() == ["ORT node placement: CUDAExecutionProvider 20, CPUExecutionProvider 3 "
-                              "(on CPU: Shape x2, Gather x1)"]
+                              "(on CPU: Shape x2, Gather x1)", "dtype fp32: TF32 off (CUDA EP use_tf32=0)"]
+    assert sess.providers_asked[0][1]["use_tf32"] == 0                 # fp32 rows compute in IEEE fp32
     sess.log.clear()
     device_run = engine.prepare_device_run(x)
     sess.log.clear()
@@ -179,7 +234,7 @@ def test_onnxruntime_tensorrt_ep_fake_ort_silent_fallback_is_unsupported(monkeyp
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
     from fleetbench.agent.backends.onnxruntime.backend import OnnxRuntimeBackend
     with pytest.raises(Unsupported, match="TensorrtExecutionProvider could not be created.*fell back to CUDA"):
-        OnnxRuntimeBackend().load(Artifact([tmp_path / "m.onnx"]), job("onnxruntime", "tensorrt-ep"), threads=1)
+        OnnxRuntimeBackend().load(_artifact(tmp_path / "m.onnx", b"g"), job("onnxruntime", "tensorrt-ep"), threads=1)
     assert nvml.calls["init"] == nvml.calls["shutdown"]
 
 
@@ -205,12 +260,27 @@ def test_torch_cpu_engine_has_no_device_resident_mode():
     assert engine.vram is None and engine.provider == "torch-eager:cpu"
 
 
+def test_torch_cuda_rows_pin_ieee_fp32(nvml, monkeypatch):
+    import torch
+
+    from fleetbench.agent.backends.pytorch import common
+    monkeypatch.setattr(common, "make_runner", lambda fn, device: (fn, lambda x: (lambda: None)))
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True   # TF32 allowed
+        common.torch_engine(lambda x: x, Artifact([], dtype="fp32"), job("pytorch", "cuda"), 1, "torch-eager").close()
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_torch_cuda_engine_fake_nvml_note_and_close(nvml, monkeypatch):
     from fleetbench.agent.backends.pytorch import common
     monkeypatch.setattr(common, "make_runner", lambda fn, device: (fn, lambda x: (lambda: None)))
     engine = common.torch_engine(lambda x: x, Artifact([], dtype="fp32"), job("pytorch", "cuda:0"), 1, "torchscript")
     assert engine.prepare_device_run is not None and engine.vram_source == "torch.cuda.max_memory_allocated"
-    assert engine.notes() == ["NVML process VRAM peak 700.0 MB (vram_peak_mb is torch.cuda.max_memory_allocated)"]
+    assert engine.notes()[0] == "NVML process VRAM peak 700.0 MB (vram_peak_mb is torch.cuda.max_memory_allocated)"
+    assert "TF32 off" in engine.notes()[1]
     engine.close()
     assert nvml.calls["init"] == nvml.calls["shutdown"]
 
@@ -290,3 +360,29 @@ def test_openvino_fake_device_config(monkeypatch, device, threads, dtype, hint):
     assert cfg.get("INFERENCE_NUM_THREADS") == threads and cfg.get("INFERENCE_PRECISION_HINT") == hint
     assert engine.dtype == dtype and engine.threads == (3 if device == "cpu" else None)
     assert engine.run(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- device time
+
+
+@pytest.mark.parametrize("device_s, expect_note", [(0.000250, "CUDA events"), (None, "host clock")])
+def test_device_resident_time_fake_engine_uses_cuda_events_where_given(device_s, expect_note):
+    from fleetbench.agent.backends.base import Engine
+    from fleetbench.agent.runner import _measure_device_resident
+    calls = []
+
+    def prepare(x):
+        def device_run():
+            calls.append(1)
+            return device_s
+        return device_run
+
+    engine = Engine(run=lambda x: x, dtype="fp32", prepare_device_run=prepare)
+    j = job("onnxruntime", "cuda")
+    p50, notes = _measure_device_resident(engine, np.zeros((2, 3, 8, 8), np.float32), j)
+    assert len(calls) >= j.measure.min_iters
+    assert expect_note in notes[0]
+    if device_s is not None:
+        assert p50 == pytest.approx(0.25)           # the events' time, not the host's
+    else:
+        assert p50 is not None and p50 >= 0

@@ -13,6 +13,7 @@ ME = os.getpid()
 
 @pytest.fixture
 def nvml(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)   # the fake GPUs are all the node has
     def install(gpus, **kw):
         fake = fake_pynvml(gpus, **kw)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -46,7 +47,7 @@ def test_nvidia_gpu_fake_nvml_by_index(nvml):
     nvml([FakeGpu(), FakeGpu(name="B")])
     assert gpu.nvidia_gpu(1)[0]["name"] == "B"
     g, _, reason = gpu.nvidia_gpu(5)
-    assert g is None and "index 5" in reason
+    assert g is None and "CUDA device 5" in reason
     assert (gpu.device_index("cuda"), gpu.device_index("cuda:3"), gpu.device_index("cpu")) == (0, 3, 0)
 
 
@@ -59,15 +60,68 @@ def test_process_vram_fake_nvml_counts_only_this_process(nvml):
     assert gpu.process_vram_mb(index=0, pid=ME + 1) == pytest.approx(9000)
 
 
-@pytest.mark.parametrize("procs, why", [
-    ([FakeProc(ME + 1, 100 * MB)], "no memory for pid"),      # e.g. a container's PID namespace
-    ([FakeProc(ME, None)], "no memory for pid"),               # NVML_VALUE_NOT_AVAILABLE
+@pytest.mark.parametrize("procs", [
+    [FakeProc(ME + 1, 100 * MB)],       # a container without the host PID namespace: NVML lists host pids only
+    [FakeProc(ME, None)],               # NVML_VALUE_NOT_AVAILABLE
 ])
-def test_process_vram_fake_nvml_unknown_is_none_with_reason(nvml, procs, why):
-    nvml([FakeGpu(procs=procs)])
+def test_process_vram_fake_nvml_falls_back_to_the_device_delta_and_says_so(nvml, procs):
+    fake = nvml([FakeGpu(procs=procs, used_mb=1000)])
     watch = gpu.ProcessVram(index=0)
-    assert watch.sample() is None and why in watch.reason
+    assert watch.sample() == pytest.approx(0) and watch.source == "nvml-device-delta"
+    fake.gpus[0].used_mb = 1600
+    assert watch.peak() == pytest.approx(600) and "no memory for pid" in watch.reason
     watch.close()
+
+
+def test_process_vram_never_mixes_the_two_figures_in_one_peak(nvml):
+    fake = nvml([FakeGpu(procs=[], used_mb=1000)])
+    watch = gpu.ProcessVram(index=0)
+    fake.gpus[0].used_mb = 9000                       # delta 8000 while NVML lists no process...
+    assert watch.peak() == pytest.approx(8000) and watch.source == "nvml-device-delta"
+    fake.gpus[0].procs = [FakeProc(ME, 300 * MB)]     # ...then lists this one: the peak restarts with it
+    assert watch.peak() == pytest.approx(300) and watch.source == "nvml-process"
+    watch.close()
+
+
+@pytest.mark.parametrize("visible, index, expect", [
+    ("", 1, ("index", 1)),                              # unset: CUDA and NVML agree
+    ("2,3", 1, ("index", 3)),                           # deploy/start-node.sh: CUDA device 1 is NVML GPU 3
+    ("GPU-aaa,GPU-bbb", 1, ("uuid", "GPU-bbb")),
+    ("MIG-xyz", 0, ("uuid", "MIG-xyz")),
+])
+def test_cuda_to_nvml_honours_cuda_visible_devices(visible, index, expect):
+    assert gpu.cuda_to_nvml(index, visible=visible) == expect
+
+
+def test_cuda_to_nvml_prefers_the_runtime_uuid_and_rejects_invisible_devices():
+    assert gpu.cuda_to_nvml(0, visible="3", cuda_uuid="1234-abcd") == ("uuid", "GPU-1234-abcd")
+    with pytest.raises(ValueError, match="not visible"):
+        gpu.cuda_to_nvml(2, visible="0,1")
+
+
+def test_process_vram_fake_nvml_watches_the_gpu_cuda_visible_devices_names(nvml, monkeypatch):
+    nvml([FakeGpu(procs=[FakeProc(ME, 100 * MB)]), FakeGpu(procs=[FakeProc(ME, 40 * MB)]),
+          FakeGpu(uuid="GPU-third", procs=[FakeProc(ME, 7 * MB)])])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert gpu.process_vram_mb(index=0) == pytest.approx(40)          # CUDA 0 is NVML 1, not NVML 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-third,0")
+    assert gpu.process_vram_mb(index=0) == pytest.approx(7)           # by UUID
+    assert gpu.process_vram_mb(index=1) == pytest.approx(100)
+
+
+def test_nvidia_gpu_fake_nvml_is_the_cuda_device_not_the_nvml_index(nvml, monkeypatch):
+    nvml([FakeGpu(name="A"), FakeGpu(name="B"), FakeGpu(name="C", uuid="GPU-c")])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
+    assert gpu.nvidia_gpu(0)[0]["name"] == "C" and gpu.nvidia_gpu(1)[0]["name"] == "B"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-c")
+    assert gpu.nvidia_gpu(0)[0]["name"] == "C"
+    assert "not visible" in gpu.nvidia_gpu(1)[2]
+
+
+def test_fake_pynvml_refuses_names_nvidia_ml_py_lacks(nvml):
+    fake = nvml([FakeGpu()])
+    with pytest.raises(AttributeError, match="not in nvidia-ml-py"):
+        _ = fake.nvmlDeviceGetProcessMemory
 
 
 def test_process_vram_without_nvml_is_none(monkeypatch):

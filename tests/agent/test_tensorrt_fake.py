@@ -3,7 +3,6 @@ cache keys, probe reasons, checks, the build (profile, timing cache, strong typi
 and a synchronous run. Plus the real thing on this machine: a tensorrt job is `unsupported`, fast."""
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ def fakes(monkeypatch, tmp_path):
     nvml = fake_pynvml([FakeGpu(name="NVIDIA H200", procs=[FakeProc(os.getpid(), 512 * MB)])])
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(trt_backend, "_select_cuda_device", lambda index: None)
     return trt, nvml
@@ -110,30 +110,43 @@ def test_check_accepts_graph_precisions(device, method):
 def test_build_engine_fake_tensorrt_profile_and_persistent_timing_cache(fakes, tmp_path):
     trt, _ = fakes
     cache = tmp_path / "timing.cache"
-    blob = trt_backend.build_engine(trt, tmp_path / "m.onnx", (8, 3, 32, 32), cache)
+    blob = trt_backend.build_engine(trt, _onnx_file(tmp_path), (8, 3, 32, 32), cache)
     assert blob == b"FAKEPLAN:8,3,32,32"
-    cfg = trt.configs[-1]
-    assert cfg.profiles[0].shapes["input"] == ((8, 3, 32, 32),) * 3     # dynamic batch pinned at the job's
-    assert cfg.cache_seen == b"" and cache.read_bytes() == b"+timed"    # new cache, saved after the build
-    trt_backend.build_engine(trt, tmp_path / "m.onnx", (8, 3, 32, 32), cache)
-    assert trt.configs[-1].cache_seen == b"+timed"                      # the next build starts from it
-    assert trt.networks[-1].flags == 0                                  # TensorRT 11: always strongly typed
+    cfg = trt._configs[-1]
+    assert cfg._profiles[0]._shapes["input"] == ((8, 3, 32, 32),) * 3   # dynamic batch pinned at the job's
+    assert cfg._cache_seen == b"" and cache.read_bytes() == b"+timed"  # new cache, saved after the build
+    assert cfg._cleared == {trt.BuilderFlag.TF32}                       # fp32 is IEEE fp32, not TF32
+    assert cfg._verbosity == trt.ProfilingVerbosity.DETAILED           # layer precisions readable after
+    trt_backend.build_engine(trt, _onnx_file(tmp_path), (8, 3, 32, 32), cache)
+    assert trt._configs[-1]._cache_seen == b"+timed"                    # the next build starts from it
+    assert trt._networks[-1]._flags == 0                                # TensorRT 11: always strongly typed
 
 
 def test_build_engine_fake_tensorrt_10_asks_for_strong_typing(monkeypatch, tmp_path):
     trt = fake_tensorrt(version="10.13.0", input_shape=(1, 3, 32, 32))
-    trt_backend.build_engine(trt, tmp_path / "m.onnx", (1, 3, 32, 32), tmp_path / "t.cache")
-    assert trt.networks[-1].flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    assert trt.configs[-1].profiles == []                               # static shapes need no profile
+    trt_backend.build_engine(trt, _onnx_file(tmp_path), (1, 3, 32, 32), tmp_path / "t.cache")
+    assert trt._networks[-1]._flags == 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert trt._configs[-1]._profiles == []                               # static shapes need no profile
 
 
 def test_build_engine_fake_parse_error_is_reported(tmp_path):
     trt = fake_tensorrt(parse_ok=False)
     with pytest.raises(RuntimeError, match="could not parse m.onnx: In node 3"):
-        trt_backend.build_engine(trt, tmp_path / "m.onnx", (8, 3, 32, 32), tmp_path / "t.cache")
+        trt_backend.build_engine(trt, _onnx_file(tmp_path), (8, 3, 32, 32), tmp_path / "t.cache")
+
+
+def test_build_engine_fake_parser_fails_on_a_missing_file(tmp_path):
+    with pytest.raises(RuntimeError, match="could not parse gone.onnx: Failed to open file"):
+        trt_backend.build_engine(fake_tensorrt(), tmp_path / "gone.onnx", (8, 3, 32, 32), tmp_path / "t.cache")
 
 
 # ---------------------------------------------------------------- export: engine cache
+
+
+def _onnx_file(tmp_path):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"fake onnx")
+    return f
 
 
 def _ctx(tmp_path, j, name="w1"):
@@ -148,16 +161,16 @@ def test_export_fake_tensorrt_builds_once_then_hits_the_engine_cache(fakes, tmp_
     monkeypatch.setattr(trt_backend, "onnx_for", lambda ctx: (ctx.onnx_source, "fp16"))
     be, j = trt_backend.TensorRTBackend(), job(bs=8)
     first = be.export(_ctx(tmp_path, j, "w1"))
-    assert trt.built == 1 and first.cache_hit is False and first.dtype == "fp16"
+    assert trt._built == 1 and first.cache_hit is False and first.dtype == "fp16"
     assert first.files == [tmp_path / "w1" / "model.engine"] and first.main.read_bytes() == b"FAKEPLAN:8,3,32,32"
     assert first.gpu == "NVIDIA H200" and first.compute_capability == "9.0"
-    assert first.tensorrt == "11.1.0" and first.driver == "575.57.08"
-    assert first.engine_key == trt_backend.engine_cache_key(j.job_id, H200, "11.1.0", "575.57.08")
+    assert first.tensorrt == trt.__version__ and first.driver == "575.57.08"
+    assert first.engine_key == trt_backend.engine_cache_key(j.job_id, H200, trt.__version__, "575.57.08")
     second = be.export(_ctx(tmp_path, j, "w2"))
-    assert trt.built == 1 and second.cache_hit is True                  # no second build
+    assert trt._built == 1 and second.cache_hit is True                  # no second build
     assert second.main.read_bytes() == first.main.read_bytes()
     be.export(_ctx(tmp_path, job(bs=1), "w3"))
-    assert trt.built == 2                                                       # another job: another engine
+    assert trt._built == 2                                                       # another job: another engine
 
 
 # ---------------------------------------------------------------- load and run
@@ -176,16 +189,15 @@ def test_load_fake_tensorrt_runs_synchronously_with_device_io_and_nvml_vram(fake
     assert y.dtype == np.float32 and y.shape == (8, 10)
     np.testing.assert_allclose(y, fake_logits(x, 10), rtol=1e-6)
     assert memory.log == ["upload", "synchronize", "download"]                 # execute is inside, then sync
-    assert ("execute", memory.stream_handle) in trt.log
-    assert engine.dtype == "fp32" and engine.provider == "tensorrt-11.1.0:cuda" and engine.threads is None
+    assert ("execute", memory.stream_handle) in trt._log
+    assert engine.dtype == "fp32" and engine.provider == f"tensorrt-{trt.__version__}:cuda" and engine.threads is None
 
     device_run = engine.prepare_device_run(x)                                   # device-resident: no copies
     memory.log.clear()
-    device_run()
-    device_run()
-    assert memory.log == ["synchronize", "synchronize"]
+    assert device_run() == device_run() == memory.device_s                      # CUDA-event device seconds
+    assert memory.log == ["timed", "timed"]
 
-    assert engine.vram_source == "nvml-process" and engine.vram() == pytest.approx(512)
+    assert engine.vram() == pytest.approx(512) and engine.vram_source == "nvml-process"
     assert any("NVIDIA H200" in n for n in engine.notes())
     engine.close()
     assert memory.log[-1] == "release" and nvml.calls["init"] == nvml.calls["shutdown"]
@@ -203,15 +215,91 @@ def test_load_fake_tensorrt_rejects_a_foreign_engine(fakes, tmp_path):
 # ---------------------------------------------------------------- the real machine: no GPU here
 
 
-def test_tensorrt_job_on_this_machine_is_unsupported_quickly():
+def test_tensorrt_job_on_this_machine_real():
+    """The real thing: on a machine without an NVIDIA GPU or TensorRT a tensorrt job is `unsupported`,
+    and says why; on one with both it builds a real engine and must be `ok`, timed with CUDA events."""
     from fleetbench.agent.gpu import nvidia_gpus
-    if nvidia_gpus()[0] and trt_backend._installed():
-        pytest.skip("this machine has an NVIDIA GPU and TensorRT: scripts/gpu-check.sh covers it")
     from fleetbench.agent.runner import run_job
     spec = ModelSpec(name="digits", source="timm:test_resnet", num_classes=10, input_size=(3, 32, 32),
                      checkpoint=str(Path(__file__).resolve().parents[2] / "examples/digits/model.safetensors"))
-    t = time.perf_counter()
-    r = run_job(job(model=spec))
-    assert time.perf_counter() - t < 30
+    has_gpu = bool(nvidia_gpus()[0]) and trt_backend._installed()
+    r = run_job(job(model=spec, bs=8))
+    if has_gpu:
+        assert r.status == "ok", (r.stage, r.error)
+        assert r.dtype == "fp32" and r.latency_device_p50_ms > 0 and "CUDA events" in r.notes
+        assert r.top1_agreement >= 0.95 and r.vram_source in ("nvml-process", "nvml-device-delta")
+        return
     assert r.status == "unsupported", r.error
     assert r.error.startswith("tensorrt: ") and ("no NVIDIA GPU" in r.error or "not installed" in r.error)
+
+
+# ---------------------------------------------------------------- the fake is as strict as TensorRT
+
+
+def test_fake_tensorrt_refuses_names_the_real_tensorrt_lacks(tmp_path):
+    from tests.fixtures.fake_gpu import API, TRT_NAMES
+    trt = fake_tensorrt()
+    assert trt.__version__ == API["tensorrt"]["version"]            # the version the names list came from
+    with pytest.raises(AttributeError, match="not in the TensorRT"):
+        _ = trt.IInt8EntropyCalibrator2                                   # gone from TensorRT 10+
+    with pytest.raises(AttributeError, match="FP16"):
+        _ = trt.BuilderFlag.FP16                                          # TensorRT 11: no FP16 builder flag
+    config = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config()
+    with pytest.raises(AttributeError, match="not in the TensorRT"):
+        _ = config.set_flag
+    assert {"clear_flag", "profiling_verbosity", "create_engine_inspector", "execute_async_v3"} <= TRT_NAMES
+
+
+def test_engine_cache_key_includes_the_exporter_code_and_versions():
+    fp = trt_backend.exporter_fingerprint()
+    assert all(fp["code"].values()), fp["code"]                      # every exporter module found and hashed
+    assert fp["versions"]["torch"] and fp["versions"]["onnx"]
+    base = trt_backend.engine_cache_key("j", H200, "11.4.0", "575", fp)
+    edited = {**fp, "code": {**fp["code"], "fleetbench.agent.onnx_export": "0" * 16}}
+    newer = {**fp, "versions": {**fp["versions"], "torch": "99.0"}}
+    assert len({base, trt_backend.engine_cache_key("j", H200, "11.4.0", "575", edited),
+                trt_backend.engine_cache_key("j", H200, "11.4.0", "575", newer)}) == 3
+    assert trt_backend.engine_cache_key("j", H200, "11.4.0", "575") == base   # default: this checkout's
+
+
+def _load(tmp_path, trt, dtype="fp32"):
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(b"FAKEPLAN:8,3,32,32")
+    memory = FakeDeviceMemory(trt)
+    backend = trt_backend.TensorRTBackend()
+    backend.memory = lambda device: memory
+    artifact = trt_backend.EngineArtifact([plan], dtype=dtype, gpu="NVIDIA H200")
+    return backend.load(artifact, job(bs=8), threads=1), memory
+
+
+def test_load_fake_tensorrt_fp16_io_tensors(fakes, monkeypatch, tmp_path):
+    trt = fake_tensorrt(io_dtype="HALF")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    engine, memory = _load(tmp_path, trt, "fp16")
+    x = np.random.default_rng(1).random((8, 3, 32, 32), dtype=np.float32)
+    y = engine.run(x)                                                # fp32 batch in, fp16 buffer, fp32 logits out
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, fake_logits(x.astype(np.float16), 10), rtol=2e-3)
+    engine.close()
+
+
+def test_load_fake_tensorrt_int8_input_is_refused_clearly(fakes, monkeypatch, tmp_path):
+    trt = fake_tensorrt(io_dtype="INT8")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(RuntimeError, match="engine input 'input' is int8: fleetbench feeds float"):
+        _load(tmp_path, trt, "int8")
+
+
+@pytest.mark.parametrize("fmt, graph, expect, how", [
+    ("Channel major FP16 format where channel % 8 == 0", "fp16", "fp16", "read back from the engine's layers: 2 fp16"),
+    ("Int8 NC32HW32", "int8", "int8", "read back"),
+    ("Row major linear FP32", "fp16", "fp32", "2 fp32"),           # a graph that asked fp16 but runs fp32: says so
+    (None, "fp16", "fp16", "from the graph (strongly typed network"),
+])
+def test_load_fake_tensorrt_reads_back_layer_precisions(fakes, monkeypatch, tmp_path, fmt, graph, expect, how):
+    trt = fake_tensorrt(layer_format=fmt)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    engine, _ = _load(tmp_path, trt, graph)
+    assert engine.dtype == expect
+    assert any(n.startswith(f"dtype {expect}: ") and how in n for n in engine.notes()), engine.notes()
+    engine.close()

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -31,14 +32,52 @@ def ort_trt_cache() -> Path:
     return cache_dir("ort-tensorrt")
 
 
-def provider_chain(provider: str, device_id: int = 0) -> list[Any]:
-    """Providers in order, with options: TensorRT EP falls back to CUDA, then CPU; CUDA EP to CPU."""
-    cuda = (CUDA, {"device_id": device_id})
+def artifact_digest(artifact: Artifact) -> str:
+    """sha256 (16 hex) of every file of an artifact: graph, weights and shapes."""
+    h = hashlib.sha256()
+    for f in artifact.files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def provider_chain(provider: str, device_id: int = 0, artifact: Optional[Artifact] = None) -> list[Any]:
+    """Providers in order, with options: TensorRT EP falls back to CUDA, then CPU; CUDA EP to CPU.
+
+    TensorRT EP: ORT names a cached engine after the graph's file name and tensor names only, and every
+    fleetbench graph is `model.onnx`; the prefix (a digest of the artifact's files) keeps one job's
+    engine from serving another. The precision flags follow the graph: on TensorRT 10 (weakly typed) an
+    fp16 graph builds fp16 kernels only with trt_fp16_enable, a QDQ graph int8 only with trt_int8_enable.
+    CUDA EP: TF32 off (use_tf32=0), so an fp32 row computes in IEEE fp32."""
+    cuda = (CUDA, {"device_id": device_id, "use_tf32": 0})
     if provider == TRT:
         cache = str(ort_trt_cache())
-        return [(TRT, {"device_id": device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                       "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}), cuda, CPU]
+        dtype = artifact.dtype if artifact is not None else "fp32"
+        opts = {"device_id": device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+                "trt_fp16_enable": dtype == "fp16", "trt_int8_enable": dtype == "int8"}
+        if artifact is not None:
+            opts["trt_engine_cache_prefix"] = f"fb-{artifact_digest(artifact)}"
+        return [(TRT, opts), cuda, CPU]
     return [cuda, CPU]
+
+
+def trt_ep_dtype(dtype: str, compute_capability: Optional[str]) -> tuple[str, str]:
+    """(the row's dtype, how it was established) for a graph of `dtype` on ORT's TensorRT EP.
+
+    The EP has no switch for TensorRT's TF32 builder flag (on by default): an fp32 graph on an Ampere or
+    later GPU (compute capability >= 8.0) may run its convolutions and matrix products in TF32."""
+    how = ("from the graph and the EP's precision flags (the TensorRT EP does not expose the engine's layer "
+           "precisions)")
+    if dtype == "fp32":
+        try:
+            ampere = float(compute_capability or 0) >= 8.0
+        except ValueError:
+            ampere = False
+        if ampere:
+            return "tf32", how + "; TensorRT's TF32 default applies to fp32 layers on cc >= 8.0"
+    return dtype, how
 
 
 def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, provider: str,
@@ -46,10 +85,10 @@ def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, 
     from fleetbench.agent.gpu import ProcessVram
     if provider == TRT:
         ort_trt_cache().mkdir(parents=True, exist_ok=True)
-    vram = ProcessVram(index=device_id).start()
+    vram = ProcessVram(index=device_id)   # sampled at stage ends: no thread wakes inside a timed loop
     try:
         sess = ort.InferenceSession(str(artifact.main), sess_options=opts,
-                                    providers=provider_chain(provider, device_id))
+                                    providers=provider_chain(provider, device_id, artifact))
     except BaseException:
         vram.close()
         raise
@@ -59,15 +98,23 @@ def gpu_engine(ort: Any, artifact: Artifact, job: Job, threads: int, opts: Any, 
         raise Unsupported(f"onnxruntime: {provider} could not be created on this node (ORT fell back to {used})")
     io = BoundSession(sess, device_id)
     placement = placement_note(sess)
+    dtype, how = artifact.dtype, "TF32 off (CUDA EP use_tf32=0)" if provider == CUDA else ""
+    if provider == TRT:
+        from fleetbench.agent.gpu import nvidia_gpu
+        gpu = nvidia_gpu(device_id)[0] or {}
+        dtype, how = trt_ep_dtype(artifact.dtype, gpu.get("compute_capability"))
 
     def notes() -> list[str]:
         out = [placement] if placement else []
+        if how:
+            out.append(f"dtype {dtype}: {how}")
         if vram.peak_mb is None and vram.reason:
             out.append(f"vram: {vram.reason}")
         return out
 
-    return Engine(run=io.run, dtype=artifact.dtype, threads=threads, provider=used, vram=vram.peak,
-                  vram_source="nvml-process", close=vram.close, notes=notes,
+    vram.sample()   # after the session (and a TensorRT EP engine) is built; fixes which figure `source` is
+    return Engine(run=io.run, dtype=dtype, threads=threads, provider=used, vram=vram.peak,
+                  vram_source=vram.source, close=vram.close, notes=notes,
                   prepare_device_run=io.prepare_device_run)
 
 

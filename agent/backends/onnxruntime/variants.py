@@ -2,8 +2,15 @@
 
 - none / prune* / cluster: the fp32 export (`ctx.onnx()`); the weights were changed at torch level.
 - fp16: the fp32 graph converted to float16, inputs and outputs kept float32.
-- int8-static: QDQ graph from ORT `quantize_static`, calibrated on `ctx.calib_x`: symmetric int8
-  activations and per-channel int8 weights, the form TensorRT consumes as explicit quantization.
+- int8-static: QDQ graph from ORT `quantize_static`, calibrated on `ctx.calib_x`, in the form the engine
+  needs (`int8_form`):
+  * `ort-cpu` (ONNX Runtime CPU, and its CUDA EP): unsigned asymmetric activations (uint8, the full range
+    after ReLU), signed symmetric per-channel weights limited to 7 bits. x86 int8 kernels without VNNI
+    (AVX2, AVX-512F/BW) multiply uint8 x int8 pairs with VPMADDUBSW, which saturates at int16; with
+    |w| <= 64 a pair sums to at most 2 * 255 * 64 = 32640, so no CPU saturates and every x86 CPU
+    computes the same integers as a VNNI one.
+  * `tensorrt` (native TensorRT and ORT's TensorRT EP): symmetric int8 activations and per-channel
+    weights, biases left float (`QuantizeBias: False`), the explicit-quantization form TensorRT parses.
 - int8-dynamic: ORT `quantize_dynamic` (ConvInteger/MatMulInteger with run-time activation scales).
 - bf16: not an ONNX variant (raises Unsupported).
 
@@ -16,7 +23,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,7 +70,8 @@ def onnx_variant(ctx: "ExportContext") -> OnnxVariant:
     if method not in ONNX_METHODS:
         why = " (the ONNX Conv operator does not take bfloat16 tensors, opset 18)" if method == "bf16" else ""
         raise Unsupported(f"{method}: not an ONNX variant{why}")
-    out = ctx.workdir / f"onnx-{method}" / "model.onnx"
+    suffix = f"-{int8_form(ctx.job)}" if method == "int8-static" else ""
+    out = ctx.workdir / f"onnx-{method}{suffix}" / "model.onnx"
     meta = out.parent / "variant.json"
     if out.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
@@ -102,17 +110,41 @@ def _fp16(base: Path, out: Path, ctx) -> tuple[str, list[str]]:
     return "fp16", [f"fp16 graph: {n16} float16 initializers, input/output kept float32"]
 
 
+# int8-static QDQ forms: quantize_static arguments per engine (see the module docstring).
+CALIBRATION = "MinMax"     # chosen by measuring MinMax / Entropy / Percentile on the digits demo (docs/engines.md)
+INT8_FORMS: dict[str, dict[str, Any]] = {
+    "ort-cpu": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True,
+                "extra_options": {"WeightSymmetric": True, "ActivationSymmetric": False}},
+    "tensorrt": {"activation_type": "QInt8", "weight_type": "QInt8", "reduce_range": False,
+                 "extra_options": {"WeightSymmetric": True, "ActivationSymmetric": True, "QuantizeBias": False}},
+}
+_FORM_TEXT = {"ort-cpu": "uint8 asymmetric activations, int8 symmetric per-channel 7-bit weights (no VPMADDUBSW "
+                         "saturation on any x86 CPU)",
+              "tensorrt": "int8 symmetric activations and per-channel weights, float biases (TensorRT explicit "
+                          "quantization)"}
+
+
+def int8_form(job) -> str:
+    """Which int8-static QDQ form a job's engine needs: 'tensorrt' for native TensorRT and ORT's TensorRT EP,
+    'ort-cpu' for the others."""
+    return "tensorrt" if job.backend == "tensorrt" or job.device == "tensorrt-ep" else "ort-cpu"
+
+
 def _int8_static(base: Path, out: Path, ctx) -> tuple[str, list[str]]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    form = int8_form(ctx.job)
+    args = INT8_FORMS[form]
     name, batches = _calibration(base, ctx)
     quantize_static(str(base), str(out), _Reader(name, batches), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_big(base),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    activation_type=getattr(QuantType, args["activation_type"]),
+                    weight_type=getattr(QuantType, args["weight_type"]), reduce_range=args["reduce_range"],
+                    calibrate_method=getattr(CalibrationMethod, CALIBRATION), use_external_data_format=_big(base),
+                    extra_options=dict(args["extra_options"]))
     ops, int8_weights = _census(out)
-    note = (f"int8-static QDQ (ORT quantize_static, MinMax on {sum(len(b) for b in batches)} calibration images, "
-            f"symmetric int8, per-channel weights): {ops.get('QuantizeLinear', 0)} QuantizeLinear, "
-            f"{ops.get('DequantizeLinear', 0)} DequantizeLinear, {int8_weights} int8 initializers")
+    note = (f"int8-static QDQ, form {form} ({_FORM_TEXT[form]}; ORT quantize_static, {CALIBRATION} on "
+            f"{len(ctx.calib_x)} calibration images): "
+            f"{ops.get('QuantizeLinear', 0)} QuantizeLinear, {ops.get('DequantizeLinear', 0)} DequantizeLinear, "
+            f"{int8_weights} int8 initializers")
     return ("int8" if ops.get("QuantizeLinear") else "fp32"), [note]
 
 

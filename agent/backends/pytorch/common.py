@@ -60,19 +60,30 @@ def torch_engine(fn: Any, artifact: Artifact, job: Job, threads: int, kind: str)
     if not device.startswith("cuda"):
         return Engine(run=run, dtype=artifact.dtype, threads=threads, provider=provider)
     import torch
+    pin_ieee_fp32()
 
     from fleetbench.agent.gpu import ProcessVram, device_index
-    nvml = ProcessVram(index=device_index(device)).start()
+    nvml = ProcessVram(index=device_index(device))   # sampled when read: no thread in timed loops
 
     def notes() -> list[str]:
         peak = nvml.peak()
         return [f"NVML process VRAM peak {peak:.1f} MB (vram_peak_mb is torch.cuda.max_memory_allocated)"
-                if peak is not None else f"NVML process VRAM: {nvml.reason}"]
+                if peak is not None else f"NVML process VRAM: {nvml.reason}",
+                "TF32 off (torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False): "
+                "fp32 rows compute in IEEE fp32"]
 
     return Engine(run=run, dtype=artifact.dtype, threads=threads, provider=provider,
                   vram=lambda: torch.cuda.max_memory_allocated(torch.device(device)) / 2**20,
                   vram_source="torch.cuda.max_memory_allocated", close=nvml.close, notes=notes,
                   prepare_device_run=prepare)
+
+
+def pin_ieee_fp32() -> None:
+    """fp32 means IEEE fp32 on CUDA: cuDNN convolutions use TF32 by default on Ampere and later (matmuls do
+    not, since torch 1.12); both switches off, for every torch CUDA row of this process."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def make_runner(fn, device: str) -> tuple[Callable[[np.ndarray], np.ndarray], Optional[Callable]]:
@@ -99,10 +110,17 @@ def make_runner(fn, device: str) -> tuple[Callable[[np.ndarray], np.ndarray], Op
             t = torch.from_numpy(x).to(dev, dtype=in_dtype)
         torch.cuda.synchronize(dev)
 
-        def device_run() -> None:
+        stream = torch.cuda.current_stream(dev)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def device_run() -> float:
+            """One run; its device time in seconds (CUDA events around it on the stream it runs on)."""
+            start.record(stream)
             with torch.inference_mode():
                 fn(t)
+            end.record(stream)
             torch.cuda.synchronize(dev)
+            return start.elapsed_time(end) / 1e3
 
         return device_run
 
