@@ -33,10 +33,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     nodes = sub.add_parser("nodes", help="print the fleet as the agents' probes see it")
     nodes.add_argument("--address")
     nodes.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    cache = sub.add_parser("cache", help="the nodes' caches (engines, shipped checkpoints)")
+    csub = cache.add_subparsers(dest="cache_cmd", required=True)
+    prune = csub.add_parser("prune", help="remove cache entries not used for --older-than days, on every "
+                            "node of --address (one task per node), else on this machine")
+    from fleetbench.agent.cli import days
+    prune.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",
+                       help="age in days since last use (default 30; 0 removes everything)")
+    prune.add_argument("--address", help="Ray cluster whose every node prunes its own cache "
+                       "(default: $RAY_ADDRESS, else only this machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "validate": _validate, "query": _query, "nodes": _nodes}[args.cmd](args)
+        return {"run": _run, "validate": _validate, "query": _query, "nodes": _nodes, "cache": _cache}[args.cmd](args)
     except SweepError as e:
         print(f"coordinator: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -83,6 +92,25 @@ def _nodes(args) -> int:
         print(json.dumps([p.to_dict() for p in profiles], indent=2))
     else:
         print(render(*fleet_table(profiles), args.format))
+    return 0
+
+
+def _cache(args) -> int:
+    import os
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        from fleetbench.agent.cache import base_dir, prune
+        removed = prune(args.older_than * 86400)
+        print(f"{base_dir()}: removed {len(removed)} entries unused for over {args.older_than:g} day(s)")
+        return 0
+    from fleetbench.coordinator import cluster
+    cluster.connect(address)
+    try:
+        per_node = cluster.prune_caches(args.older_than * 86400)
+    finally:
+        cluster.disconnect()
+    for host, folder, n in per_node:
+        print(f"{host}: {folder}: removed {n} entries unused for over {args.older_than:g} day(s)")
     return 0
 
 

@@ -73,6 +73,31 @@ def _probe(labels: dict) -> dict:
     return probe(labels).to_dict()
 
 
+@ray.remote(num_cpus=0, max_calls=1, max_retries=0)
+def _prune(older_than_s: float) -> tuple[str, str, int]:
+    import socket
+
+    from fleetbench.agent.cache import base_dir, prune
+    return socket.gethostname(), str(base_dir()), len(prune(older_than_s))
+
+
+def prune_caches(older_than_s: float, timeout_s: float = 120.0) -> list[tuple[str, str, int]]:
+    """Prune the caches of every alive node, one task pinned to each: (hostname, cache, removed) per node."""
+    refs = [_prune.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(older_than_s) for n in alive_nodes()]
+    ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    out = []
+    for ref in ready:
+        try:
+            out.append(ray.get(ref))
+        except Exception as e:
+            log.warning("a node failed to prune its cache: %s", e)
+    for ref in late:
+        log.warning("a node did not prune its cache within %g s", timeout_s)
+        ray.cancel(ref, force=True)
+    return sorted(out)
+
+
 def fleet_labels(node: dict) -> dict[str, str]:
     return {k: v for k, v in (node.get("Labels") or {}).items() if k.startswith("fleet.")}
 
