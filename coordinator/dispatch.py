@@ -28,6 +28,7 @@ import ray
 from ray.exceptions import NodeDiedError, TaskUnschedulableError
 
 from fleetbench.coordinator.cluster import alive_nodes, node_options
+from fleetbench.coordinator.trust import accept
 from fleetbench.shared.errors import one_line
 from fleetbench.shared.job import Job, Result
 
@@ -165,8 +166,8 @@ class Dispatcher:
             state.stage = value
             state.started = state.started or time.monotonic()
             self.on_stage(state.job, value)
-        else:
-            self._finish(gen, value)
+        else:   # identity from the job sent, measurements checked (coordinator/trust.py)
+            self._finish(gen, accept(state.job, value))
 
     def _node_gone(self, node_id: str, node_key: str) -> None:
         """Fail every unfinished job of a node that left: running ones with their stage, queued ones without."""
