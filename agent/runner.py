@@ -60,11 +60,12 @@ def default_threads() -> int:
 
 
 def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] = None,
-            on_stage: Optional[Callable[[str], None]] = None) -> Result:
+            on_stage: Optional[Callable[[str], None]] = None, diagnostics: Optional[dict] = None) -> Result:
     """Run one job and return its row; never raises for a job's own failure.
 
     `weights`: the checkpoint's bytes, shipped by the coordinator (cached here by content hash).
     `on_stage(name)` is called as each stage begins (the coordinator tracks where a job died).
+    `diagnostics`, when given, gets the traceback of a failed job under "traceback".
     """
     res = Result.for_job(job, started_at=_now())
     t0 = time.perf_counter()
@@ -78,9 +79,13 @@ def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] =
         res.status, res.error = "unsupported", one_line(e)
     except StageError as e:
         res.status, res.stage, res.error = "failed", e.stage, one_line(e)
+        if diagnostics is not None:
+            diagnostics["traceback"] = traceback.format_exc()
         log.error("%s failed in %s: %s\n%s", job.describe(), e.stage, res.error, traceback.format_exc())
     except Exception as e:  # a bug outside any stage: still a row, never a lost job
         res.status, res.stage, res.error = "failed", "load", one_line(e)
+        if diagnostics is not None:
+            diagnostics["traceback"] = traceback.format_exc()
         log.error("%s failed: %s\n%s", job.describe(), res.error, traceback.format_exc())
     res.notes = "; ".join(notes) or None
     res.finished_at = _now()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from fleetbench.shared.errors import FleetError, SweepError
+from fleetbench.shared.errors import FleetError, Interrupted, SweepError
 
 log = logging.getLogger("coordinator")
 EXIT_BAD_INPUT = 2
@@ -33,6 +33,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     nodes = sub.add_parser("nodes", help="print the fleet as the agents' probes see it")
     nodes.add_argument("--address")
     nodes.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    lg = sub.add_parser("logs", help="print the stored traceback and last output lines of a run's failed jobs")
+    lg.add_argument("run", help="run id (or a unique prefix), or 'last'")
+    lg.add_argument("--job", help="only this job id (or a unique prefix)")
+    lg.add_argument("--db", default="results.duckdb")
     cache = sub.add_parser("cache", help="the nodes' caches (engines, shipped checkpoints)")
     csub = cache.add_subparsers(dest="cache_cmd", required=True)
     prune = csub.add_parser("prune", help="remove cache entries not used for --older-than days, on every "
@@ -45,13 +49,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "validate": _validate, "query": _query, "nodes": _nodes, "cache": _cache}[args.cmd](args)
+        return {"run": _run, "validate": _validate, "query": _query, "nodes": _nodes, "cache": _cache, "logs": _logs}[args.cmd](args)
     except SweepError as e:
         print(f"coordinator: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FleetError as e:
         print(f"coordinator: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"coordinator: interrupted by {e.signal_name}; {e.hint or 'rows stored so far are kept'}",
+              file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("coordinator: interrupted; rows stored so far are kept (continue with --resume)", file=sys.stderr)
         return 130
@@ -92,6 +100,25 @@ def _nodes(args) -> int:
         print(json.dumps([p.to_dict() for p in profiles], indent=2))
     else:
         print(render(*fleet_table(profiles), args.format))
+    return 0
+
+
+def _logs(args) -> int:
+    from fleetbench.coordinator.store import read_logs
+    run_id, logs = read_logs(args.db, args.run, args.job)
+    if not logs:
+        print(f"run {run_id}: no logs stored" + (f" for job {args.job}" if args.job else
+                                                  " (no job failed, or the run predates logs)"))
+        return 0
+    for entry in logs:
+        print(f"== job {entry['job_id']}  {entry['model']}/{entry['compression']}/{entry['backend']}:"
+              f"{entry['device']}/bs{entry['batch_size']} on {entry['hostname']}  failed in {entry['stage']}")
+        print(f"reason: {entry['reason']}")
+        if entry["traceback"]:
+            print("-- traceback\n" + entry["traceback"].rstrip())
+        if entry["output"]:
+            print("-- last output lines\n" + entry["output"].rstrip())
+        print()
     return 0
 
 

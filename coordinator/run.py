@@ -1,9 +1,13 @@
 """One sweep, end to end: validate, discover, plan, dispatch, stream rows into DuckDB, report."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import signal
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -12,7 +16,7 @@ from fleetbench.coordinator import cluster
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.report import fleet_table
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
-from fleetbench.shared.errors import SweepError
+from fleetbench.shared.errors import Interrupted, SweepError
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep
 
@@ -49,8 +53,10 @@ def _payload(path: Path) -> bytes:
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
               resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
-    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
-    from fleetbench.coordinator.store import Store
+    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write.
+
+    SIGINT or SIGTERM cancels the in-flight jobs, marks the run `interrupted`, stops the embedded Ray
+    and raises Interrupted (finished rows are kept; --resume runs the rest)."""
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))
     payloads = {name: _payload(path) for name, path in files.items()}   # a bad file fails before Ray starts
@@ -58,26 +64,72 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
-    where = cluster.connect(address)
+    with interruptible() as arm:
+        where = cluster.connect(address)
+        arm()   # again: ray.init installs a SIGTERM handler of its own
+        try:
+            return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads)
+        except Interrupted as e:
+            e.hint = (f"rows stored so far are kept in {db}; run the missing jobs with: "
+                      f"coordinator run {sweep_path} --db {db} --resume")
+            raise
+        finally:
+            cluster.disconnect()   # stops the embedded Ray this process started
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGINT and SIGTERM raise Interrupted (once); a second one exits at once with 128 + signal.
+
+    Yields a function that installs the handlers again (after a library replaced them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    seen: list[int] = []
+
+    def handler(signum, frame):
+        if seen:
+            os.write(2, f"coordinator: {signal.Signals(signum).name} again: exiting now\n".encode())
+            os._exit(128 + seen[0])
+        seen.append(signum)
+        raise Interrupted(signum)
+
+    def arm() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    arm()
     try:
-        profiles = cluster.discover()
-        print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
-        print(render(*fleet_table(profiles), "table"), file=out)
-        the_plan = plan(sweep, profiles, hashes)
-        with Store(db) as store:
-            run_id = store.latest_run(sweep.name) if resume else None
-            run_id = run_id or store.start_run(sweep.name, sweep.model_dump_json(), where)
-            done = store.done_job_ids(run_id) if resume else set()
-            store.put_nodes(run_id, the_plan.nodes)
-            jobs = [j for j in the_plan.jobs if j.job_id not in done]
-            print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
-                  f"{len(done)} already ok, {len(jobs)} to run", file=out)
-            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
-            counts["ok (resumed)"] = len(done) if resume else 0
-            store.finish_run(run_id, "done")
-            _report(db, store, run_id, out)
+        yield arm
     finally:
-        cluster.disconnect()
+        for sig, h in old.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+
+def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads) -> Counter:
+    from fleetbench.coordinator.store import Store
+    profiles = cluster.discover()
+    print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
+    print(render(*fleet_table(profiles), "table"), file=out)
+    the_plan = plan(sweep, profiles, hashes)
+    with Store(db) as store:
+        run_id = store.latest_run(sweep.name) if resume else None
+        run_id = run_id or store.start_run(sweep.name, sweep.model_dump_json(), where)
+        done = store.done_job_ids(run_id) if resume else set()
+        store.put_nodes(run_id, the_plan.nodes)
+        jobs = [j for j in the_plan.jobs if j.job_id not in done]
+        print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
+              f"{len(done)} already ok, {len(jobs)} to run", file=out)
+        try:
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
+        except Interrupted as e:
+            store.finish_run(run_id, "interrupted")
+            print(f"\nrun {run_id}: interrupted by {e.signal_name}; in-flight jobs cancelled", file=out)
+            raise
+        counts["ok (resumed)"] = len(done) if resume else 0
+        store.finish_run(run_id, "done")
+        _report(db, store, run_id, out)
     print(", ".join(f"{n} {k}" for k, n in counts.items() if n), file=out)
     return counts
 
@@ -107,10 +159,17 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
         put(row)
     weights = {name: ray.put(data) for name, data in payloads.items()
                if any(j.model.name == name for j in jobs)}
-    dispatcher = Dispatcher(put, stage)
+    def keep_log(row: Result, log: dict) -> None:
+        store.put_log(run_id, row.job_id, row.stage, log.get("reason") or row.error, log.get("traceback"),
+                      log.get("output"))
+
+    dispatcher = Dispatcher(put, stage, on_log=keep_log)
     try:
         dispatcher.submit(jobs, weights)
         dispatcher.drain()
+    except BaseException:   # interrupted: nothing of this run keeps running on the nodes
+        dispatcher.cancel_all()
+        raise
     finally:
         bar.close()
     return counts
