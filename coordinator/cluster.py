@@ -38,7 +38,20 @@ def connect(address: Optional[str] = None) -> str:
             raise FleetError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
         return address
     ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1}, **common)
+    _start_reaper()
     return "embedded"
+
+
+def _start_reaper() -> None:
+    """Kill the embedded cluster's processes should this process be killed outright (coordinator/reaper.py)."""
+    import subprocess
+    import sys
+    try:
+        subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.reaper", str(os.getpid())],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    except OSError as e:
+        log.warning("cannot watch the embedded Ray cluster (it may outlive a killed coordinator): %s", e)
 
 
 def disconnect() -> None:

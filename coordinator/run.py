@@ -64,50 +64,60 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
-    with interruptible() as arm:
-        where = cluster.connect(address)
-        arm()   # again: ray.init installs a SIGTERM handler of its own
+    with interruptible() as signals:
         try:
-            return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads)
-        except Interrupted as e:
-            e.hint = (f"rows stored so far are kept in {db}; run the missing jobs with: "
-                      f"coordinator run {sweep_path} --db {db} --resume")
-            raise
+            where = cluster.connect(address)
+            signals.arm()   # again: ray.init installs a SIGTERM handler of its own
+            return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals)
+        except KeyboardInterrupt as e:
+            stop = signals.interrupted(e)
+            stop.hint = (f"rows stored so far are kept in {db}; run the missing jobs with: "
+                         f"coordinator run {sweep_path} --db {db} --resume")
+            raise stop from None
         finally:
             cluster.disconnect()   # stops the embedded Ray this process started
 
 
-@contextlib.contextmanager
-def interruptible():
-    """SIGINT and SIGTERM raise Interrupted (once); a second one exits at once with 128 + signal.
+class _Signals:
+    """SIGINT and SIGTERM raise Interrupted (once); a second one exits at once with 128 + signal."""
 
-    Yields a function that installs the handlers again (after a library replaced them)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-    seen: list[int] = []
+    def __init__(self):
+        self.seen: list[int] = []
 
-    def handler(signum, frame):
-        if seen:
+    def handler(self, signum, frame):
+        if self.seen:
             os.write(2, f"coordinator: {signal.Signals(signum).name} again: exiting now\n".encode())
-            os._exit(128 + seen[0])
-        seen.append(signum)
+            os._exit(128 + self.seen[0])
+        self.seen.append(signum)
         raise Interrupted(signum)
 
-    def arm() -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
+    def arm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handler)
 
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    arm()
+    def interrupted(self, exc: KeyboardInterrupt) -> Interrupted:
+        """`exc` as Interrupted: Ray re-raises a signal handler's exception as a plain KeyboardInterrupt."""
+        if isinstance(exc, Interrupted):
+            return exc
+        return Interrupted(self.seen[0] if self.seen else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Signal handling for a run; yields the _Signals (arm() installs the handlers again)."""
+    signals = _Signals()
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    signals.arm()
     try:
-        yield arm
+        yield signals
     finally:
         for sig, h in old.items():
             signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
-def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads) -> Counter:
+def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals) -> Counter:
     from fleetbench.coordinator.store import Store
     profiles = cluster.discover()
     print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
@@ -123,10 +133,11 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
               f"{len(done)} already ok, {len(jobs)} to run", file=out)
         try:
             counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
-        except Interrupted as e:
+        except KeyboardInterrupt as e:
+            stop = signals.interrupted(e)
             store.finish_run(run_id, "interrupted")
-            print(f"\nrun {run_id}: interrupted by {e.signal_name}; in-flight jobs cancelled", file=out)
-            raise
+            print(f"\nrun {run_id}: interrupted by {stop.signal_name}; in-flight jobs cancelled", file=out)
+            raise stop from None
         counts["ok (resumed)"] = len(done) if resume else 0
         store.finish_run(run_id, "done")
         _report(db, store, run_id, out)

@@ -180,6 +180,26 @@ def test_sigterm_stops_the_embedded_ray_it_started(tmp_path, monkeypatch):
     assert run["status"] == "interrupted"
 
 
+def test_after_sigkill_of_the_coordinator_no_ray_helper_stays(tmp_path, monkeypatch):
+    """The embedded cluster's processes die with a coordinator killed outright (coordinator/reaper.py);
+    without the reaper they outlived it by over a minute."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("FLEETBENCH_NULL_MS", "20")
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
+    sweep = write_sweep(tmp_path / "kill.yaml", batch_sizes=[1, 2, 3, 4, 5, 6],
+                        measure={**MEASURE, "min_duration_s": 0.5})
+    db = tmp_path / "r.duckdb"
+    proc, seen = start_and_wait_for_rows([sweep, "--db", db], 1, 6)
+    helpers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    names = " ".join(psutil.Process(pid).name() for pid in helpers)
+    assert "gcs_server" in names and "raylet" in names
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert gone(helpers, wait_s=20) == []
+    (run,) = rows(db, "SELECT status FROM sweeps")
+    assert run["status"] == "running"   # nobody could mark it; `coordinator runs` tells it by liveness
+
+
 def test_a_second_interrupt_exits_at_once(tmp_path):
     """The first SIGINT raises Interrupted for a clean stop; a second one during that stop exits 130."""
     code = ("import os, signal, sys\n"
@@ -216,17 +236,13 @@ def test_a_job_killed_by_a_signal_is_a_failed_row_naming_it_with_its_output(flee
     assert "about to crash in the runtime" in logs.stdout
 
 
-def test_a_job_over_its_timeout_is_killed_with_its_whole_process_tree(fleet, tmp_path, monkeypatch):
-    pidfile = tmp_path / "helper.pid"
-    monkeypatch.setenv("FLEETBENCH_TEST_PIDFILE", str(pidfile))   # the fleet's workers see this process's env?
+def test_a_job_over_its_timeout_is_killed_with_its_whole_process_tree(fleet, tmp_path):
+    pidfile = fleet.cache / "spawned-helper.pid"
     sweep = write_sweep(tmp_path / "tree.yaml", models=[model("spawns_and_hangs")], backends=["pytorch", "null"],
                         timeout_s=15)
     db = tmp_path / "r.duckdb"
-    env = {**os.environ, "FLEETBENCH_TEST_PIDFILE": str(pidfile)}
-    run = cli("run", sweep, "--db", db, "--address", fleet.address, "--no-progress", env=env)
+    run = cli("run", sweep, "--db", db, "--address", fleet.address, "--no-progress")
     by = {r["backend"]: r for r in rows(db)}
-    if not pidfile.exists():
-        pytest.skip("the cluster's workers do not see the test's environment")
     assert (by["pytorch"]["status"], by["pytorch"]["stage"]) == ("failed", "load"), run.stderr[-2000:]
     assert by["pytorch"]["error"] == "timed out after 15 s in stage load"
     assert by["null"]["status"] == "ok"
