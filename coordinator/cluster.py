@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+from pathlib import Path
 from typing import Optional
 
 import ray
@@ -36,10 +38,39 @@ def connect(address: Optional[str] = None) -> str:
             ray.init(address=address, **common)
         except Exception as e:
             raise FleetError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
+        _tighten_token()
         return address
-    ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1}, **common)
+    ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1}, _temp_dir=str(private_temp()),
+             **common)
     _start_reaper()
+    _tighten_token()
     return "embedded"
+
+
+def private_temp() -> Path:
+    """Ray's temp folder for the embedded cluster: /tmp/ray-<uid>/embedded under a 0700 parent
+    (Ray makes its own folders world-writable; the private parent keeps other users out)."""
+    import tempfile
+    parent = Path(tempfile.gettempdir()) / f"ray-{os.getuid()}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(parent)
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+        raise FleetError(f"{parent}: Ray temp folder is not a folder of this user; remove it or set TMPDIR")
+    os.chmod(parent, 0o700)
+    return parent / "embedded"
+
+
+def _tighten_token() -> None:
+    """Ray writes ~/.ray/auth_token readable by everyone: make it this user's only."""
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
+        if not path:
+            continue
+        try:
+            p = Path(path)
+            if p.is_file() and not p.is_symlink() and p.stat().st_uid == os.getuid():
+                os.chmod(p, 0o600)
+        except OSError as e:
+            log.debug("cannot tighten %s: %s", path, e)
 
 
 def _start_reaper() -> None:
