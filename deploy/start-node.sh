@@ -279,10 +279,9 @@ stop_node() {
     log "stopping node ${name:-head}: $(wc -w <<<"$pids") process(es) under $dir"
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
-    local waited=0
-    while ((waited < grace * 10)) && [[ -n $(node_pids "$dir") ]]; do
-        sleep 0.1
-        waited=$((waited + 1))
+    local until=$((SECONDS + grace))
+    while ((SECONDS < until)) && [[ -n $(node_pids "$dir") ]]; do
+        sleep 0.2
     done
     pids=$(node_pids "$dir")
     # shellcheck disable=SC2086

@@ -23,7 +23,12 @@ SCRIPT = ROOT / "deploy" / "start-node.sh"
 
 
 def ray_bin(folder: Path) -> str:
-    """A `ray` executable running this interpreter's Ray."""
+    """The `ray` executable of this interpreter's Ray (a wrapper when the venv has none)."""
+    import ray
+    found = Path(ray.__file__).parents[4] / "bin" / "ray"
+    if found.is_file():
+        return str(found)
+    folder.mkdir(exist_ok=True)
     path = folder / "ray"
     path.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; from ray.scripts.scripts import main; "
                     f"sys.argv[0] = \"ray\"; sys.exit(main())' \"$@\"\n")
@@ -52,10 +57,19 @@ def under(folder: Path) -> list[int]:
 
 
 @pytest.fixture
-def env(tmp_path):
+def short(tmp_path):
+    """A short folder for Ray's temp files (its socket paths must stay under 108 bytes)."""
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="fb-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def env(tmp_path, short):
     home = tmp_path / "home"
     home.mkdir()
-    e = {**os.environ, "HOME": str(home), "RAY_BIN": ray_bin(tmp_path), "FLEET_TEMP_ROOT": str(tmp_path / "ray"),
+    e = {**os.environ, "HOME": str(home), "RAY_BIN": ray_bin(tmp_path / "bin"), "FLEET_TEMP_ROOT": str(short / "ray"),
          "FLEETBENCH_CACHE": str(tmp_path / "cache"), "RAY_AUTH_TOKEN": secrets.token_hex(32),
          "FLEET_STOP_GRACE_S": "3"}
     e.pop("RAY_ADDRESS", None)
@@ -69,7 +83,7 @@ def node(env, *args, timeout=300):
     return subprocess.run([str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_nodes_on_one_host_then_stop_exactly_one(env, tmp_path):
+def test_two_nodes_on_one_host_then_stop_exactly_one(env, short):
     gcs, head_base, worker_base = free_base(), None, None
     head_base = gcs + 100
     worker_base = gcs + 500
@@ -77,7 +91,7 @@ def test_two_nodes_on_one_host_then_stop_exactly_one(env, tmp_path):
     assert h.returncode == 0, h.stderr[-3000:]
     w = node(env, "cpu", "--address", f"127.0.0.1:{gcs}", "--name", "w1", "--local", "--ports", worker_base)
     assert w.returncode == 0, w.stderr[-3000:]
-    temp = tmp_path / "ray"
+    temp = short / "ray"
     assert stat.S_IMODE(temp.stat().st_mode) == 0o700          # nobody else reaches the nodes' files
     assert under(temp / "h1") and under(temp / "w1")
     seen = subprocess.run([sys.executable, "-m", "fleetbench.coordinator.cli", "nodes", "--address",
@@ -96,14 +110,14 @@ def test_two_nodes_on_one_host_then_stop_exactly_one(env, tmp_path):
     assert stop.returncode == 0 and under(temp / "h1") == []
 
 
-def test_a_blocking_head_stops_on_sigterm_and_its_token_is_private(env, tmp_path):
+def test_a_blocking_head_stops_on_sigterm_and_its_token_is_private(env, short):
     env = {**env}
     del env["RAY_AUTH_TOKEN"]                  # the head generates one, in this test's HOME
     base = free_base()
     proc = subprocess.Popen([str(SCRIPT), "head", "cpu", "--name", "h1", "--local", "--port", str(base),
                              "--ports", str(base + 100), "--block"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    temp = tmp_path / "ray" / "h1"
+    temp = short / "ray" / "h1"
     token = Path(env["HOME"]) / ".ray" / "auth_token"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and len(under(temp)) < 3:
