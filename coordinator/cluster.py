@@ -77,17 +77,29 @@ def _start_reaper() -> None:
     """Kill the embedded cluster's processes should this process be killed outright (coordinator/reaper.py)."""
     import subprocess
     import sys
+    global _reaper
     try:
-        subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.reaper", str(os.getpid())],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+        _reaper = subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.reaper", str(os.getpid())],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
     except OSError as e:
         log.warning("cannot watch the embedded Ray cluster (it may outlive a killed coordinator): %s", e)
 
 
+_reaper = None
+
+
 def disconnect() -> None:
+    global _reaper
     if ray.is_initialized():
         ray.shutdown()
+    if _reaper is not None:   # the embedded cluster is stopped: its watcher is no longer needed
+        _reaper.terminate()
+        try:
+            _reaper.wait(timeout=10)
+        except Exception:
+            pass
+        _reaper = None
 
 
 def alive_nodes() -> list[dict]:
