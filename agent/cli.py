@@ -1,4 +1,4 @@
-"""`agent probe`: print this node's profile as JSON."""
+"""`agent probe`: print this node's profile as JSON. `agent cache prune`: trim this node's caches."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +7,37 @@ import logging
 import sys
 
 
+def days(text: str) -> float:
+    """A number of days: finite, 0 or more (argparse type)."""
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of days, 0 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agent", description="fleetbench agent: this node's side")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("probe", help="print this node's profile as JSON")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="a node label, as Ray would carry it (e.g. fleet.kind=intel)")
+    c = sub.add_parser("cache", help="this node's caches (engines, shipped checkpoints)")
+    csub = c.add_subparsers(dest="cache_cmd", required=True)
+    pr = csub.add_parser("prune", help="remove entries not used for --older-than days")
+    pr.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",
+                    help="age in days since last use (default 30; 0 removes everything)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "cache":
+        from fleetbench.agent.cache import base_dir, prune
+        removed = prune(args.older_than * 86400)
+        print(f"{base_dir()}: removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} "
+              f"unused for over {args.older_than:g} day(s)")
+        return 0
     labels = {}
     for item in args.label:
         key, sep, value = item.partition("=")

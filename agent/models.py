@@ -1,7 +1,7 @@
 """Model loading: timm by name, a Python callable, or an ONNX file; local checkpoints or hub weights."""
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib
 import inspect
 import logging
@@ -21,15 +21,44 @@ def weights_cache_dir() -> Path:
 
 
 def materialise_weights(data: bytes, sha256: str, suffix: str) -> Path:
-    """Write shipped checkpoint bytes into this node's cache, keyed by content hash (written once)."""
-    path = weights_cache_dir() / f"{sha256}{suffix}"
-    if not path.exists():
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise StageError("load", f"shipped weights do not match their hash {sha256[:12]}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    """Shipped checkpoint bytes as a file in this node's cache, keyed by content hash.
+
+    The copy is private (0600 in a 0700 folder) and re-hashed on every use: a copy that was
+    truncated or altered since is replaced from the shipped bytes, never loaded. When the cache
+    folder cannot be used safely (another user's, a symlink), the bytes go to a private temp file.
+    """
+    import hashlib
+    import tempfile
+
+    from fleetbench.agent.cache import UnsafeCacheDir, file_sha256, private_dir
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StageError("load", f"shipped weights do not match their hash {sha256[:12]}")
+    if not all(c in "0123456789abcdef" for c in sha256) or "/" in suffix:
+        raise StageError("load", f"bad weights key {sha256[:16]!r}{suffix!r}")
+    try:
+        folder = private_dir(weights_cache_dir())
+    except (UnsafeCacheDir, OSError) as e:
+        log.warning("weights cache not used: %s", e)
+        folder = Path(tempfile.mkdtemp(prefix="fleetbench-weights-"))
+    path = folder / f"{sha256}{suffix}"
+    try:
+        if not path.is_symlink() and path.is_file() and file_sha256(path) == sha256:
+            os.utime(path)   # last used: what `cache prune` goes by
+            return path
+    except OSError:
+        pass
+    if path.exists() or path.is_symlink():
+        log.warning("cached checkpoint %s is damaged or not a plain file; rewritten from the shipped bytes",
+                    path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{sha256[:8]}-", dir=folder)   # 0600, unpredictable name
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

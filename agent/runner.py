@@ -153,11 +153,12 @@ _COLUMNS = set(RESULT_COLUMNS) - {"job_id", "sweep", "model", "compression", "ba
 
 
 def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] = None,
-            on_stage: Optional[Callable[[str], None]] = None) -> Result:
+            on_stage: Optional[Callable[[str], None]] = None, diagnostics: Optional[dict] = None) -> Result:
     """Run one job and return its row; never raises for a job's own failure.
 
     `weights`: the checkpoint's bytes, shipped by the coordinator (cached here by content hash).
     `on_stage(name)` is called as each stage begins (the coordinator tracks where a job died).
+    `diagnostics`, when given, gets the traceback of a failed job under "traceback".
     """
     started_at = _now()
     t0 = time.perf_counter()
@@ -172,9 +173,13 @@ def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] =
         status = {"status": Status.UNSUPPORTED, "error": one_line(e)}
     except StageError as e:
         status = {"status": Status.FAILED, "stage": e.stage, "error": one_line(e)}
+        if diagnostics is not None:
+            diagnostics["traceback"] = traceback.format_exc()
         log.error("%s failed in %s: %s\n%s", job.describe(), e.stage, status["error"], traceback.format_exc())
     except Exception as e:  # a bug outside any stage: still a row, never a lost job
         status = {"status": Status.FAILED, "stage": Stage.LOAD, "error": one_line(e)}
+        if diagnostics is not None:
+            diagnostics["traceback"] = traceback.format_exc()
         log.error("%s failed: %s\n%s", job.describe(), status["error"], traceback.format_exc())
     return Result.for_job(job, **status, **out.fields(), notes="; ".join(out.notes) or None,
                           started_at=started_at, finished_at=_now(), wall_s=time.perf_counter() - t0)

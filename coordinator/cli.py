@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from fleetbench.shared.errors import FleetError, SweepError
+from fleetbench.shared.errors import FleetError, Interrupted, SweepError
 
 log = logging.getLogger("coordinator")
 EXIT_OK = 0            # every row ok or unsupported
@@ -51,11 +51,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     nodes = sub.add_parser("nodes", help="print the fleet as the agents' probes see it")
     nodes.add_argument("--address")
     nodes.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    lg = sub.add_parser("logs", help="print the stored traceback and last output lines of a run's failed jobs")
+    lg.add_argument("run", help="run id (or a unique prefix), or 'last'")
+    lg.add_argument("--job", help="only this job id (or a unique prefix)")
+    lg.add_argument("--db", default="results.duckdb")
+    cache = sub.add_parser("cache", help="the nodes' caches (engines, shipped checkpoints)")
+    csub = cache.add_subparsers(dest="cache_cmd", required=True)
+    prune = csub.add_parser("prune", help="remove cache entries not used for --older-than days, on every "
+                            "node of --address (one task per node), else on this machine")
+    from fleetbench.agent.cli import days
+    prune.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",
+                       help="age in days since last use (default 30; 0 removes everything)")
+    prune.add_argument("--address", help="Ray cluster whose every node prunes its own cache "
+                       "(default: $RAY_ADDRESS, else only this machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"run": _run, "validate": _validate, "query": _query, "nodes": _nodes, "schema": _schema,
-                "migrate": _migrate}[args.cmd](args)
+                "migrate": _migrate, "cache": _cache, "logs": _logs}[args.cmd](args)
     except SweepError as e:
         for line in str(e).splitlines():
             print(f"coordinator: {line}", file=sys.stderr)
@@ -66,6 +79,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:   # `coordinator schema | head`: the reader left; not an error of ours
         sys.stderr.close()
         return EXIT_OK
+    except Interrupted as e:
+        print(f"coordinator: interrupted by {e.signal_name}; {e.hint or 'rows stored so far are kept'}",
+              file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("coordinator: interrupted; rows stored so far are kept (continue with --resume)", file=sys.stderr)
         return EXIT_SIGINT
@@ -146,6 +163,44 @@ def _nodes(args) -> int:
         print(json.dumps([p.to_dict() for p in profiles], indent=2))
     else:
         print(render(*fleet_table(profiles), args.format))
+    return 0
+
+
+def _logs(args) -> int:
+    from fleetbench.coordinator.store import read_logs
+    run_id, logs = read_logs(args.db, args.run, args.job)
+    if not logs:
+        print(f"run {run_id}: no logs stored" + (f" for job {args.job}" if args.job else
+                                                  " (no job failed, or the run predates logs)"))
+        return 0
+    for entry in logs:
+        print(f"== job {entry['job_id']}  {entry['model']}/{entry['compression']}/{entry['backend']}:"
+              f"{entry['device']}/bs{entry['batch_size']} on {entry['hostname']}  failed in {entry['stage']}")
+        print(f"reason: {entry['reason']}")
+        if entry["traceback"]:
+            print("-- traceback\n" + entry["traceback"].rstrip())
+        if entry["output"]:
+            print("-- last output lines\n" + entry["output"].rstrip())
+        print()
+    return 0
+
+
+def _cache(args) -> int:
+    import os
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        from fleetbench.agent.cache import base_dir, prune
+        removed = prune(args.older_than * 86400)
+        print(f"{base_dir()}: removed {len(removed)} entries unused for over {args.older_than:g} day(s)")
+        return 0
+    from fleetbench.coordinator import cluster
+    cluster.connect(address)
+    try:
+        per_node = cluster.prune_caches(args.older_than * 86400)
+    finally:
+        cluster.disconnect()
+    for host, folder, n in per_node:
+        print(f"{host}: {folder}: removed {n} entries unused for over {args.older_than:g} day(s)")
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+from pathlib import Path
 from typing import Optional
 
 import ray
@@ -36,19 +38,73 @@ def connect(address: Optional[str] = None) -> str:
             ray.init(address=address, **common)
         except Exception as e:
             raise FleetError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
+        _tighten_token()
         return address
     try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1}, **common)
+        ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1},
+                 _temp_dir=str(private_temp()), **common)
     except Exception as e:
         from fleetbench.shared.errors import one_line
         raise FleetError(f"cannot start the embedded Ray cluster ({one_line(e)}); check free space in the "
                          "temp folder and the file-size limit (ulimit -f)") from e
+    _start_reaper()
+    _tighten_token()
     return "embedded"
 
 
+def private_temp() -> Path:
+    """Ray's temp folder for the embedded cluster: /tmp/ray-<uid>/embedded under a 0700 parent
+    (Ray makes its own folders world-writable; the private parent keeps other users out)."""
+    import tempfile
+    parent = Path(tempfile.gettempdir()) / f"ray-{os.getuid()}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(parent)
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+        raise FleetError(f"{parent}: Ray temp folder is not a folder of this user; remove it or set TMPDIR")
+    os.chmod(parent, 0o700)
+    return parent / "embedded"
+
+
+def _tighten_token() -> None:
+    """Ray writes ~/.ray/auth_token readable by everyone: make it this user's only."""
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), Path.home() / ".ray" / "auth_token"):
+        if not path:
+            continue
+        try:
+            p = Path(path)
+            if p.is_file() and not p.is_symlink() and p.stat().st_uid == os.getuid():
+                os.chmod(p, 0o600)
+        except OSError as e:
+            log.debug("cannot tighten %s: %s", path, e)
+
+
+def _start_reaper() -> None:
+    """Kill the embedded cluster's processes should this process be killed outright (coordinator/reaper.py)."""
+    import subprocess
+    import sys
+    global _reaper
+    try:
+        _reaper = subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.reaper", str(os.getpid())],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+    except OSError as e:
+        log.warning("cannot watch the embedded Ray cluster (it may outlive a killed coordinator): %s", e)
+
+
+_reaper = None
+
+
 def disconnect() -> None:
+    global _reaper
     if ray.is_initialized():
         ray.shutdown()
+    if _reaper is not None:   # the embedded cluster is stopped: its watcher is no longer needed
+        _reaper.terminate()
+        try:
+            _reaper.wait(timeout=10)
+        except Exception:
+            pass
+        _reaper = None
 
 
 def alive_nodes() -> list[dict]:
@@ -85,6 +141,31 @@ def node_options(node: dict) -> dict:
 def _probe(labels: dict) -> dict:
     from fleetbench.agent.probe import probe
     return probe(labels).to_dict()
+
+
+@ray.remote(num_cpus=0, max_calls=1, max_retries=0)
+def _prune(older_than_s: float) -> tuple[str, str, int]:
+    import socket
+
+    from fleetbench.agent.cache import base_dir, prune
+    return socket.gethostname(), str(base_dir()), len(prune(older_than_s))
+
+
+def prune_caches(older_than_s: float, timeout_s: float = 120.0) -> list[tuple[str, str, int]]:
+    """Prune the caches of every alive node, one task pinned to each: (hostname, cache, removed) per node."""
+    refs = [_prune.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(older_than_s) for n in alive_nodes()]
+    ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    out = []
+    for ref in ready:
+        try:
+            out.append(ray.get(ref))
+        except Exception as e:
+            log.warning("a node failed to prune its cache: %s", e)
+    for ref in late:
+        log.warning("a node did not prune its cache within %g s", timeout_s)
+        ray.cancel(ref, force=True)
+    return sorted(out)
 
 
 def fleet_labels(node: dict) -> dict[str, str]:

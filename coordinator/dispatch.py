@@ -9,16 +9,15 @@ The coordinator keeps its own queue per node and hands Ray at most `IN_FLIGHT_PE
 node at a time (one running, the next waiting for the slot so it starts without a round trip).
 So Ray holds a few tasks, not the whole sweep, and the jobs of a node that leaves are failed here.
 
-Every wait is bounded: a job that outlives its timeout (counted from when it had its node to
-itself) is cancelled, and the jobs of a node that left the cluster are failed, so each planned job
+Every wait is bounded: the agent kills a job (its whole process tree) at its timeout and reports it;
+should the agent itself hang, the coordinator cancels the task `TIMEOUT_GRACE_S` later (counted
+from when the job had its node to itself), and the jobs of a node that left the cluster are failed, so each planned job
 ends with exactly one row. A job is never retried on another node: its job_id names its node, and
 another machine is other hardware (docs/fleet.md).
 """
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
@@ -28,35 +27,25 @@ import ray
 from ray.exceptions import NodeDiedError, TaskUnschedulableError
 
 from fleetbench.coordinator.cluster import alive_nodes, node_options
-from fleetbench.shared.errors import one_line
+from fleetbench.coordinator.trust import accept
+from fleetbench.shared.errors import STAGES, one_line
 from fleetbench.shared.job import Job, Result
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
 LIVENESS_EVERY_S = 2.0
 IN_FLIGHT_PER_NODE = 2
+TIMEOUT_GRACE_S = 45.0   # the agent's own timeout comes first; this is for an agent that hangs
 # A hard-pinned task fails with one of these when its node is gone (the second also if it never fits there).
 NODE_GONE = (NodeDiedError, TaskUnschedulableError)
 
 
 @ray.remote(max_calls=1, max_retries=0)
 def agent_task(job: Job, weights: Optional[bytes]):
-    """Runs in a fresh worker on the job's node: stage events, then the Result."""
-    from fleetbench.agent.runner import run_job
-
-    events: queue.Queue = queue.Queue()
-    box: dict[str, Result] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = run_job(job, weights, on_stage=events.put)
-        finally:
-            events.put(None)
-
-    threading.Thread(target=work, name="fleetbench-job", daemon=True).start()
-    while (name := events.get()) is not None:
-        yield ("stage", name)
-    yield ("result", box["result"])
+    """Runs in a fresh worker on the job's node, the job in a child process it watches
+    (agent/supervise.py): stage events, a log for a failed job, then the Result."""
+    from fleetbench.agent.supervise import supervise
+    yield from supervise(job, weights)
 
 
 @dataclass
@@ -65,6 +54,7 @@ class _Running:
     clock: Optional[float] = None     # when it had its node to itself: its timeout counts from here
     stage: Optional[str] = None
     started: Optional[float] = None                        # first stage event: the worker is up
+    log: Optional[dict] = None                             # the agent's log of a failed job
 
 
 def failed(job: Job, stage: Optional[str], error: str) -> Result:
@@ -81,8 +71,10 @@ class Dispatcher:
 
     def __init__(self, on_result: Callable[[Result], None],
                  on_stage: Optional[Callable[[Job, str], None]] = None,
-                 in_flight_per_node: int = IN_FLIGHT_PER_NODE):
+                 in_flight_per_node: int = IN_FLIGHT_PER_NODE,
+                 on_log: Optional[Callable[[Result, dict], None]] = None):
         self.on_result = on_result
+        self.on_log = on_log or (lambda row, log: None)
         self.on_stage = on_stage or (lambda job, name: None)
         self.per_node = max(1, in_flight_per_node)
         self.running: dict = {}                                  # generator -> _Running
@@ -140,6 +132,8 @@ class Dispatcher:
                 other.clock = now
                 break
         self.on_result(result)
+        if result.status == "failed":
+            self.on_log(result, state.log or {"reason": result.error})
         self._fill(node_id)
 
     # -- events --------------------------------------------------------------------------------
@@ -159,14 +153,17 @@ class Dispatcher:
                 self._finish(gen, never_started(state.job, f"task failed: {one_line(e)}"))
             return
         except Exception as e:  # the worker died (segfault, OOM kill) or the task errored in Ray
+            state.log = {"reason": _why(e), "traceback": str(e)[:20000]}
             self._finish(gen, failed(state.job, state.stage, _why(e)))
             return
-        if kind == "stage":
+        if kind == "log":
+            state.log = value if isinstance(value, dict) else {"reason": str(value)[:20000]}
+        elif kind == "stage" and value in STAGES:
             state.stage = value
             state.started = state.started or time.monotonic()
             self.on_stage(state.job, value)
-        else:
-            self._finish(gen, value)
+        else:   # identity from the job sent, measurements checked (coordinator/trust.py)
+            self._finish(gen, accept(state.job, value))
 
     def _node_gone(self, node_id: str, node_key: str) -> None:
         """Fail every unfinished job of a node that left: running ones with their stage, queued ones without."""
@@ -197,13 +194,23 @@ class Dispatcher:
         for gen, state in list(self.running.items()):
             job = state.job
             since = state.started or state.clock
-            if since is None or now - since <= job.timeout_s:   # None: still waiting behind another job
+            if since is None or now - since <= job.timeout_s + TIMEOUT_GRACE_S:   # None: waiting behind another job
                 continue
             _cancel(gen, job)
             if state.started is None:
                 self._finish(gen, never_started(job, f"the job's worker did not start within {job.timeout_s:g} s"))
             else:
                 self._finish(gen, failed(job, state.stage, f"timed out after {job.timeout_s:g} s in stage {state.stage}"))
+
+
+    def cancel_all(self) -> int:
+        """Cancel every job handed to Ray and forget the queued ones (an interrupted sweep); how many ran."""
+        running = list(self.running.items())
+        for gen, state in running:
+            _cancel(gen, state.job)
+        self.running.clear()
+        self.pending.clear()
+        return len(running)
 
 
 def _cancel(gen, job: Job) -> None:

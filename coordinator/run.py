@@ -1,10 +1,13 @@
 """One sweep, end to end: validate, discover, plan, dispatch, stream rows into DuckDB, report."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Optional
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
 from fleetbench.coordinator.report import fleet_table
-from fleetbench.shared.errors import StoreError, SweepError
+from fleetbench.shared.errors import Interrupted, StoreError, SweepError
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep
 
@@ -140,34 +143,94 @@ def _payload(path: Path, where: str = "") -> bytes:
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
               resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
-    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
-    from fleetbench.coordinator.store import Store
+    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write.
+
+    SIGINT or SIGTERM cancels the in-flight jobs, marks the run `interrupted`, stops the embedded Ray
+    and raises Interrupted (finished rows are kept; --resume runs the rest)."""
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
-    where = cluster.connect(address)
+    with interruptible() as signals:
+        try:
+            where = cluster.connect(address)
+            signals.arm()   # again: ray.init installs a SIGTERM handler of its own
+            return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals)
+        except KeyboardInterrupt as e:
+            stop = signals.interrupted(e)
+            stop.hint = (f"rows stored so far are kept in {db}; run the missing jobs with: "
+                         f"coordinator run {sweep_path} --db {db} --resume")
+            raise stop from None
+        finally:
+            cluster.disconnect()   # stops the embedded Ray this process started
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise Interrupted (once); a second one exits at once with 128 + signal."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def handler(self, signum, frame):
+        if self.seen:
+            os.write(2, f"coordinator: {signal.Signals(signum).name} again: exiting now\n".encode())
+            os._exit(128 + self.seen[0])
+        self.seen.append(signum)
+        raise Interrupted(signum)
+
+    def arm(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handler)
+
+    def interrupted(self, exc: KeyboardInterrupt) -> Interrupted:
+        """`exc` as Interrupted: Ray re-raises a signal handler's exception as a plain KeyboardInterrupt."""
+        if isinstance(exc, Interrupted):
+            return exc
+        return Interrupted(self.seen[0] if self.seen else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Signal handling for a run; yields the _Signals (arm() installs the handlers again)."""
+    signals = _Signals()
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    signals.arm()
     try:
-        profiles = cluster.discover()
-        print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
-        print(render(*fleet_table(profiles), "table"), file=out)
-        the_plan = plan(sweep, profiles, hashes)
-        with Store(db) as store:
-            run_id = store.latest_run(sweep.name) if resume else None
-            run_id = run_id or store.start_run(sweep.name, sweep.model_dump_json(), where)
-            done = store.done_job_ids(run_id) if resume else set()
-            store.put_nodes(run_id, the_plan.nodes)
-            jobs = [j for j in the_plan.jobs if j.job_id not in done]
-            print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
-                  f"{len(done)} already ok, {len(jobs)} to run", file=out)
-            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
-            counts["ok (resumed)"] = len(done) if resume else 0
-            store.finish_run(run_id, "done")
-            _report(db, store, run_id, out)
+        yield signals
     finally:
-        cluster.disconnect()
+        for sig, h in old.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+
+
+def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals) -> Counter:
+    from fleetbench.coordinator import cluster
+    from fleetbench.coordinator.store import Store
+    profiles = cluster.discover()
+    print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
+    print(render(*fleet_table(profiles), "table"), file=out)
+    the_plan = plan(sweep, profiles, hashes)
+    with Store(db) as store:
+        run_id = store.latest_run(sweep.name) if resume else None
+        run_id = run_id or store.start_run(sweep.name, sweep.model_dump_json(), where)
+        done = store.done_job_ids(run_id) if resume else set()
+        store.put_nodes(run_id, the_plan.nodes)
+        jobs = [j for j in the_plan.jobs if j.job_id not in done]
+        print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
+              f"{len(done)} already ok, {len(jobs)} to run", file=out)
+        try:
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
+        except KeyboardInterrupt as e:
+            stop = signals.interrupted(e)
+            store.finish_run(run_id, "interrupted")
+            print(f"\nrun {run_id}: interrupted by {stop.signal_name}; in-flight jobs cancelled", file=out)
+            raise stop from None
+        counts["ok (resumed)"] = len(done) if resume else 0
+        store.finish_run(run_id, "done")
+        _report(db, store, run_id, out)
     print(", ".join(f"{n} {k}" for k, n in counts.items() if n), file=out)
     return counts
 
@@ -197,10 +260,17 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
         put(row)
     weights = {name: ray.put(data) for name, data in payloads.items()
                if any(j.model.name == name for j in jobs)}
-    dispatcher = Dispatcher(put, stage)
+    def keep_log(row: Result, log: dict) -> None:
+        store.put_log(run_id, row.job_id, row.stage, log.get("reason") or row.error, log.get("traceback"),
+                      log.get("output"))
+
+    dispatcher = Dispatcher(put, stage, on_log=keep_log)
     try:
         dispatcher.submit(jobs, weights)
         dispatcher.drain()
+    except BaseException:   # interrupted: nothing of this run keeps running on the nodes
+        dispatcher.cancel_all()
+        raise
     finally:
         bar.close()
     return counts

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     gpus JSON, driver VARCHAR, openvino_devices JSON, labels JSON, versions JSON, backends JSON,
     PRIMARY KEY (run_id, node_id))"""
 
+_LOGS_DDL = """
+CREATE TABLE IF NOT EXISTS logs (
+    run_id VARCHAR, job_id VARCHAR, logged_at TIMESTAMP, stage VARCHAR, reason VARCHAR,
+    traceback VARCHAR, output VARCHAR, PRIMARY KEY (run_id, job_id))"""
+
 _NODE_COLUMNS = ("run_id", "node_id", "node_key", "hostname", "kinds", "cpu_model", "cores",
                  "logical_cpus", "isa_flags", "ram_mb", "gpus", "driver", "openvino_devices",
                  "labels", "versions", "backends")
@@ -124,6 +129,13 @@ LEFT JOIN ref AS cpu
 ORDER BY r.sweep, r.hw_kind, r.hostname, r.node_id, r.model, r.batch_size, r.backend,
          r.compression, r.device, r.dtype
 """
+
+
+def _text(value: Any, limit: int = 64_000) -> Optional[str]:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def new_run_id() -> str:
@@ -374,6 +386,7 @@ class Store:
         cols = ",\n    ".join(f"{name} {sql}" for name, sql in schema.items())
         self._con.execute(_SWEEPS_DDL)
         self._con.execute(_NODES_DDL)
+        self._con.execute(_LOGS_DDL)
         self._con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
                           f"    PRIMARY KEY ({', '.join(_RESULT_KEY)}))")
         have = {row[0] for row in self._con.execute(
@@ -443,6 +456,13 @@ class Store:
                 pass
         self._execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), values)
 
+    def put_log(self, run_id: str, job_id: str, stage: Optional[str], reason: Optional[str],
+                traceback: Optional[str], output: Optional[str]) -> None:
+        """Keep a failed job's traceback and the last lines it printed (`coordinator logs`)."""
+        self._execute("INSERT OR REPLACE INTO logs (run_id, job_id, logged_at, stage, reason, traceback, output) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      [run_id, job_id, _utcnow(), stage, _text(reason), _text(traceback), _text(output)])
+
     def done_job_ids(self, run_id: str) -> set[str]:
         """Job ids with status 'ok' in `run_id` (what a resumed run can skip)."""
         _, rows = self._fetch("SELECT job_id FROM results WHERE run_id = ? AND status = 'ok'",
@@ -461,6 +481,43 @@ class Store:
                     d[name] = d[name].isoformat()
             out.append(d)
         return out
+
+
+def read_logs(path: PathLike, run: str, job_id: Optional[str] = None) -> tuple[str, list[dict[str, Any]]]:
+    """The stored logs of a run's failed jobs (one job's with `job_id`), read-only.
+
+    `run` is a run id, a unique prefix of one, or `last`. Returns (run id, logs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such results database")
+    con = _connect(path, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "sweeps" not in tables:
+            raise StoreError(f"{path}: not a fleetbench results database")
+        if run == "last":
+            found = con.execute("SELECT run_id FROM sweeps ORDER BY started_at DESC, run_id DESC LIMIT 1").fetchall()
+        else:
+            found = con.execute("SELECT run_id FROM sweeps WHERE starts_with(run_id, ?) LIMIT 2", [run]).fetchall()
+        if len(found) != 1:
+            raise StoreError(f"{path}: run {run!r}: " + ("no such run" if not found else "ambiguous prefix"))
+        run_id = found[0][0]
+        if "logs" not in tables:
+            return run_id, []
+        sql = ("SELECT l.job_id, r.model, r.compression, r.backend, r.device, r.batch_size, r.hostname, "
+               "l.stage, l.reason, l.traceback, l.output FROM logs l "
+               "LEFT JOIN results r USING (run_id, job_id) WHERE l.run_id = ?")
+        params = [run_id]
+        if job_id:
+            sql += " AND starts_with(l.job_id, ?)"
+            params.append(job_id)
+        cur = con.execute(sql + " ORDER BY l.logged_at, l.job_id", params)
+        names = [d[0] for d in cur.description]
+        return run_id, [dict(zip(names, row)) for row in cur.fetchall()]
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: {_first_line(exc)}") from exc
+    finally:
+        con.close()
 
 
 # -- read-only queries --------------------------------------------------------------------------

@@ -51,8 +51,16 @@ expect 0 "--port 6379" head --dry-run --name n1
 expect 0 '\{\"bench_slot\":\ 1\}' cpu --address h:6379 --dry-run --name n1
 expect 0 "fleet.kind=cpu-intel\\,fleet.node=n1" intel,cpu,intel --address h:6379 --dry-run --name n1
 expect 0 "fleet.kind=cpu-intel\\,fleet.node=n1" cpu+intel --address h:6379 --dry-run --name n1
-expect 0 "--num-gpus 2" nvidia --address h:6379 --dry-run --name n1 --num-gpus 2
-expect 0 "--block" cpu --address h:6379 --dry-run --name n1 --block -- --temp-dir /tmp/x
+expect 0 "--num-gpus 2" nvidia --address h:6379 --dry-run --name n1 --num-gpus 2 --force
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    expect 1 "pass --force to declare them anyway" nvidia --address h:6379 --dry-run --name n1 --num-gpus 2
+fi
+expect 0 "--block" cpu --address h:6379 --dry-run --name n1 --block
+expect 0 "--temp-dir /tmp/x" cpu --address h:6379 --dry-run --name n1 --temp-dir /tmp/x
+expect 0 "--ray-client-server-port 40006" head --dry-run --name n1 --ports 40000
+expect 0 "--node-ip-address 127.0.0.1" cpu --address h:6379 --dry-run --name n1 --local
+expect 2 "stop needs --name" stop
+expect 2 "bad --ports" head --dry-run --name n1 --ports 65000
 expect 0 "RAY_AUTH_MODE=token" cpu --address h:6379 --dry-run --name n1
 out=$("$script" head none --dry-run 2>&1) || fail "head none: $out"
 [[ $out != *bench_slot* && $out != *fleet.kind* ]] || fail "head none carries bench_slot/fleet.kind: $out"
@@ -66,8 +74,21 @@ if "$python" -c 'import yaml' 2>/dev/null; then
 import json, re, shlex, sys
 import yaml
 
-(rc,) = list(yaml.safe_load_all(open(sys.argv[1])))
+rc, policy = list(yaml.safe_load_all(open(sys.argv[1])))
 assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster", rc["kind"]
+assert policy["kind"] == "NetworkPolicy" and "Ingress" in policy["spec"]["policyTypes"], policy
+assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": rc["metadata"]["name"]}
+groups = [rc["spec"]["headGroupSpec"]] + rc["spec"]["workerGroupSpecs"]
+for group in groups:
+    pod = group["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False, "no service-account token in sweep pods"
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, psc
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault", psc
+    for c in pod["containers"]:
+        assert not c["image"].endswith(":latest") and ":" in c["image"].rsplit("/", 1)[-1], c["image"]
+        csc = c["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"], csc
 value = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 kinds = set()
 for group in rc["spec"]["workerGroupSpecs"]:

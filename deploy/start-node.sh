@@ -3,6 +3,10 @@
 #
 #   start-node.sh head [KIND|none] [options]        the head; also a benchmark node of KIND (default cpu)
 #   start-node.sh KIND --address HEAD:6379 [opts]   a worker node of KIND
+#   start-node.sh stop --name NAME                  stop this one node (its processes only)
+#
+# Every node keeps Ray's files in a private temp folder of its own (0700), so several nodes can
+# run on one machine (--local, distinct --ports) and one of them can be stopped alone.
 #
 # KIND is cpu, nvidia or intel, or several joined by ',' or '+' (e.g. intel,cpu).
 # Every benchmark node gets the custom resource bench_slot=1 (one benchmark at a time per node)
@@ -21,6 +25,7 @@ usage() {
     cat <<EOF
 usage: $PROG head [KIND|none] [options] [-- RAY_START_ARGS...]
        $PROG KIND --address HEAD:PORT [options] [-- RAY_START_ARGS...]
+       $PROG stop --name NAME [--temp-dir DIR]
 
 KIND: cpu | nvidia | intel, or several joined by ',' or '+' (intel,cpu).
       For head, KIND defaults to \$FLEET_HEAD_KIND or cpu; 'none' starts a head
@@ -31,9 +36,19 @@ options:
   --name NAME          stable node name, label fleet.node (default: short hostname)
   --port PORT          GCS port of the head (default 6379)
   --dashboard          head: start the Ray dashboard (off by default)
-  --num-gpus N         override the GPU count (nvidia; default: 'nvidia-smi -L' count)
+  --num-gpus N         override the GPU count (nvidia; default: 'nvidia-smi -L' count);
+                       more GPUs than 'nvidia-smi -L' shows is refused without --force
+  --force              declare GPUs that this machine does not show
   --node-ip IP         address this node advertises (multi-NIC machines)
-  --block              stay in the foreground (containers, systemd)
+  --local              a test fleet on this one machine: advertise 127.0.0.1 and allow several
+                       nodes here (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1); give each node its own
+                       --name and --ports
+  --ports BASE         every port of this node from BASE: node manager BASE, object manager +1,
+                       runtime-env agent +2, dashboard agent gRPC +3, metrics +4, dashboard agent
+                       HTTP +5, Ray Client server +6 (head), workers BASE+100..BASE+999
+  --temp-dir DIR       Ray's temp folder for this node (default \$FLEET_TEMP_ROOT/NAME,
+                       FLEET_TEMP_ROOT default /tmp/ray-<uid>); created 0700, must be yours
+  --block              stay in the foreground (containers, systemd); SIGTERM stops the node
   --dry-run            print the ray start command and exit
   -h, --help           this text
 Anything after '--' is passed to 'ray start' unchanged.
@@ -46,6 +61,9 @@ environment:
   FLEET_RUNTIME_ENV_AGENT_PORT (6702) FLEET_DASHBOARD_AGENT_GRPC_PORT (6703)
   FLEET_METRICS_EXPORT_PORT (6704) FLEET_DASHBOARD_AGENT_LISTEN_PORT (52365)
   FLEET_MIN_WORKER_PORT (10002) FLEET_MAX_WORKER_PORT (19999)
+  FLEET_RAY_CLIENT_SERVER_PORT (10001, head) FLEET_DASHBOARD_PORT (8265, head with --dashboard)
+  FLEET_TEMP_ROOT       parent of the per-node temp folders (default /tmp/ray-<uid>)
+  FLEET_STOP_GRACE_S    seconds between SIGTERM and SIGKILL when stopping a node (default 5)
   RAY_BIN               the ray executable (default: ray on PATH)
 EOF
 }
@@ -152,6 +170,11 @@ head)
         kind_arg=${FLEET_HEAD_KIND:-cpu}
     fi
     ;;
+stop)
+    role="stop"
+    kind_arg=""
+    shift
+    ;;
 -*) die_usage "missing ROLE before '$1'" ;;
 *)
     role="worker"
@@ -168,6 +191,10 @@ num_gpus=""
 node_ip=""
 block=0
 dry_run=0
+force=0
+local_fleet=0
+ports=""
+temp_dir=""
 extra=()
 
 need_value() { # option, remaining-count
@@ -186,6 +213,12 @@ while (($#)); do
     --num-gpus=*) num_gpus=${1#*=} && shift ;;
     --node-ip) need_value "$1" $# && node_ip=$2 && shift 2 ;;
     --node-ip=*) node_ip=${1#*=} && shift ;;
+    --ports) need_value "$1" $# && ports=$2 && shift 2 ;;
+    --ports=*) ports=${1#*=} && shift ;;
+    --temp-dir) need_value "$1" $# && temp_dir=$2 && shift 2 ;;
+    --temp-dir=*) temp_dir=${1#*=} && shift ;;
+    --local) local_fleet=1 && shift ;;
+    --force) force=1 && shift ;;
     --dashboard) dashboard=1 && shift ;;
     --block) block=1 && shift ;;
     --dry-run) dry_run=1 && shift ;;
@@ -198,6 +231,70 @@ while (($#)); do
     *) die_usage "unknown argument '$1'" ;;
     esac
 done
+
+# The node's private temp folder: one per node, so nodes on one machine keep apart.
+node_temp_dir() {
+    printf '%s' "${temp_dir:-${FLEET_TEMP_ROOT:-/tmp/ray-$(id -u)}/${name:-head}}"
+}
+
+# Create DIR (and a missing parent) 0700 and check that nobody else can write it.
+private_dir() {
+    local dir=$1 parent
+    parent=$(dirname "$dir")
+    [[ -d $parent ]] || mkdir -p -m 700 "$parent"
+    [[ -d $dir ]] || mkdir -m 700 "$dir" || die "cannot create temp folder $dir"
+    [[ ! -L $dir ]] || die "temp folder $dir is a symlink"
+    [[ $(stat -c %u "$dir") == "$(id -u)" ]] || die "temp folder $dir belongs to another user"
+    chmod 700 "$dir"
+}
+
+# The processes of the node whose temp folder is DIR: those naming it, the head's Ray Client
+# server (by its port, recorded at start), and all their descendants (workers, agents).
+node_pids() {
+    local dir=$1 pid todo=() all=() kids
+    mapfile -t todo < <(pgrep -f -- "$dir/" || true)
+    if [[ -f $dir/fleet-client-port ]]; then
+        mapfile -t -O "${#todo[@]}" todo < <(pgrep -f -- "ray.util.client.server .*--port=$(<"$dir/fleet-client-port") " || true)
+    fi
+    while ((${#todo[@]})); do
+        pid=${todo[0]}
+        todo=("${todo[@]:1}")
+        [[ -n $pid && " ${all[*]} " != *" $pid "* && $pid != "$$" ]] || continue
+        all+=("$pid")
+        mapfile -t kids < <(pgrep -P "$pid" || true)
+        todo+=("${kids[@]}")
+    done
+    printf '%s\n' "${all[@]}"
+}
+
+# stop --name NAME: end exactly the processes of that node (found by its own temp folder).
+stop_node() {
+    local dir=$1 grace=${FLEET_STOP_GRACE_S:-5} pids
+    [[ -d $dir ]] || die "no node with temp folder $dir (is --name right? --temp-dir?)"
+    pids=$(node_pids "$dir")
+    if [[ -z $pids ]]; then
+        log "node ${name:-head}: no process running under $dir"
+        return 0
+    fi
+    log "stopping node ${name:-head}: $(wc -w <<<"$pids") process(es) under $dir"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    local until=$((SECONDS + grace))
+    while ((SECONDS < until)) && [[ -n $(node_pids "$dir") ]]; do
+        sleep 0.2
+    done
+    pids=$(node_pids "$dir")
+    # shellcheck disable=SC2086
+    [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+    log "node ${name:-head} stopped"
+}
+
+if [[ $role == stop ]]; then
+    [[ -n $name || -n $temp_dir ]] || die_usage "stop needs --name NAME (or --temp-dir DIR)"
+    [[ -z $name || $name =~ $LABEL_VALUE_RE ]] || die_usage "bad --name '$name'"
+    stop_node "$(node_temp_dir)"
+    exit 0
+fi
 
 if [[ $role == head && $kind_arg == none ]]; then
     kinds=""
@@ -230,11 +327,21 @@ fi
 if [[ -n $num_gpus ]]; then
     [[ $num_gpus =~ ^[0-9]+$ ]] || die_usage "bad --num-gpus '$num_gpus'"
 fi
+if [[ -n $ports ]]; then
+    { is_port "$ports" && ((10#$ports + 999 <= 65535)); } || die_usage "bad --ports '$ports' (BASE+999 must be a port)"
+fi
 
 # ---- environment ------------------------------------------------------------------------------
 RAY_BIN=${RAY_BIN:-ray}
 export FLEETBENCH_CACHE=${FLEETBENCH_CACHE:-${HOME:-/root}/.cache/fleetbench}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+if ((local_fleet)); then
+    # Ray's switch that lets several nodes of one cluster run on one machine (Linux has it on by
+    # default; a shell that set it to 0 for a loopback-only single node would refuse a worker).
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1
+    node_ip=${node_ip:-127.0.0.1}
+fi
+tdir=$(node_temp_dir)
 
 # ---- the ray start command --------------------------------------------------------------------
 cmd=("$RAY_BIN" start)
@@ -251,20 +358,44 @@ fi
 [[ -z $node_ip ]] || cmd+=(--node-ip-address "$node_ip")
 
 # Fixed ports, so that a firewall between the machines can be written down (deploy/README.md).
+if [[ -n $ports ]]; then
+    b=$((10#$ports))
+    p_nm=$b p_om=$((b + 1)) p_re=$((b + 2)) p_dg=$((b + 3)) p_me=$((b + 4)) p_dl=$((b + 5))
+    p_cl=$((b + 6)) p_wmin=$((b + 100)) p_wmax=$((b + 999))
+else
+    p_nm=${FLEET_NODE_MANAGER_PORT:-6700} p_om=${FLEET_OBJECT_MANAGER_PORT:-6701}
+    p_re=${FLEET_RUNTIME_ENV_AGENT_PORT:-6702} p_dg=${FLEET_DASHBOARD_AGENT_GRPC_PORT:-6703}
+    p_me=${FLEET_METRICS_EXPORT_PORT:-6704} p_dl=${FLEET_DASHBOARD_AGENT_LISTEN_PORT:-52365}
+    p_cl=${FLEET_RAY_CLIENT_SERVER_PORT:-10001}
+    p_wmin=${FLEET_MIN_WORKER_PORT:-10002} p_wmax=${FLEET_MAX_WORKER_PORT:-19999}
+fi
 cmd+=(
-    --node-manager-port "${FLEET_NODE_MANAGER_PORT:-6700}"
-    --object-manager-port "${FLEET_OBJECT_MANAGER_PORT:-6701}"
-    --runtime-env-agent-port "${FLEET_RUNTIME_ENV_AGENT_PORT:-6702}"
-    --dashboard-agent-grpc-port "${FLEET_DASHBOARD_AGENT_GRPC_PORT:-6703}"
-    --metrics-export-port "${FLEET_METRICS_EXPORT_PORT:-6704}"
-    --dashboard-agent-listen-port "${FLEET_DASHBOARD_AGENT_LISTEN_PORT:-52365}"
-    --min-worker-port "${FLEET_MIN_WORKER_PORT:-10002}"
-    --max-worker-port "${FLEET_MAX_WORKER_PORT:-19999}"
+    --node-manager-port "$p_nm"
+    --object-manager-port "$p_om"
+    --runtime-env-agent-port "$p_re"
+    --dashboard-agent-grpc-port "$p_dg"
+    --metrics-export-port "$p_me"
+    --dashboard-agent-listen-port "$p_dl"
+    --min-worker-port "$p_wmin"
+    --max-worker-port "$p_wmax"
+    --temp-dir "$tdir"
 )
+if [[ $role == head ]]; then
+    cmd+=(--ray-client-server-port "$p_cl")
+    ((dashboard == 0)) || cmd+=(--dashboard-port "${FLEET_DASHBOARD_PORT:-8265}")
+fi
 
 if [[ -n $kinds ]]; then
     labels="fleet.kind=$kinds,fleet.node=$name"
     cmd+=(--labels "$labels" --resources '{"bench_slot": 1}')
+    if [[ -n $num_gpus && $num_gpus != 0 && ,${kinds//-/,}, == *,nvidia,* ]] && ((force == 0)); then
+        seen=0
+        if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]] || command -v nvidia-smi >/dev/null 2>&1; then
+            seen=$(gpu_count 2>/dev/null || printf '0')
+        fi
+        ((num_gpus <= seen)) || die "kind nvidia: --num-gpus $num_gpus but this machine shows $seen GPU(s)
+('nvidia-smi -L', or CUDA_VISIBLE_DEVICES when set); pass --force to declare them anyway"
+    fi
     if [[ -z $num_gpus && ,${kinds//-/,}, == *,nvidia,* ]]; then
         if ((dry_run)) && [[ -z ${CUDA_VISIBLE_DEVICES+set} ]] && ! command -v nvidia-smi >/dev/null 2>&1; then
             num_gpus="<nvidia-smi -L count>"
@@ -282,19 +413,24 @@ cmd+=("${extra[@]}")
 
 if ((dry_run)); then
     printf 'RAY_AUTH_MODE=%q FLEETBENCH_CACHE=%q' "$RAY_AUTH_MODE" "$FLEETBENCH_CACHE"
+    ((local_fleet == 0)) || printf ' RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=%s' "$RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
     printf ' %q' "${cmd[@]}"
     printf '\n'
     exit 0
 fi
 
 command -v "$RAY_BIN" >/dev/null 2>&1 || die "'$RAY_BIN' not found (pip install fleetbench, or set RAY_BIN)"
-mkdir -p "$FLEETBENCH_CACHE"
+umask 077   # the token, the cache and Ray's temp files: this user's only
+mkdir -p -m 700 "$FLEETBENCH_CACHE"
+private_dir "$tdir"
+[[ $role != head ]] || printf '%s\n' "$p_cl" >"$tdir/fleet-client-port"
 
 # ---- token authentication ---------------------------------------------------------------------
 if [[ $RAY_AUTH_MODE == token ]]; then
     if ! token_present; then
         if [[ $role == head ]]; then
             log "no Ray auth token found: generating ~/.ray/auth_token"
+            mkdir -p -m 700 "${HOME:-/nonexistent}/.ray"
             "$RAY_BIN" get-auth-token --generate >/dev/null
         else
             die "no Ray auth token: copy the head's ~/.ray/auth_token to this machine (same path),
@@ -306,5 +442,26 @@ else
     log "WARNING: this node's ports can run code on it. Unset RAY_AUTH_MODE to turn it back on."
 fi
 
-log "role=$role kinds=${kinds:-none} name=${name:-} cache=$FLEETBENCH_CACHE auth=$RAY_AUTH_MODE"
-exec "${cmd[@]}"
+# The token file: readable by this user only (Ray writes it 0644).
+for token_file in "${RAY_AUTH_TOKEN_PATH:-}" "${HOME:-/nonexistent}/.ray/auth_token"; do
+    if [[ -n $token_file && -f $token_file && -O $token_file ]]; then
+        chmod 600 "$token_file"
+    fi
+done
+
+log "role=$role kinds=${kinds:-none} name=${name:-} cache=$FLEETBENCH_CACHE auth=$RAY_AUTH_MODE temp=$tdir"
+if ((block == 0)); then
+    exec "${cmd[@]}"
+fi
+# --block: stay in the foreground; SIGTERM or SIGINT stops this node (and only it) promptly.
+"${cmd[@]}" &
+ray_pid=$!
+on_signal() {
+    trap - TERM INT
+    kill -TERM "$ray_pid" 2>/dev/null || true
+    stop_node "$tdir"
+    wait "$ray_pid" 2>/dev/null || true
+    exit 143
+}
+trap on_signal TERM INT
+wait "$ray_pid"

@@ -44,3 +44,23 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 def printable(text: str) -> str:
     """`text` with every character that would start a new line escaped (for one-line messages)."""
     return "".join(c if len(f"a{c}a".splitlines()) == 1 else repr(c)[1:-1] for c in text)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The coordinator got SIGINT or SIGTERM: in-flight jobs are cancelled, finished rows kept.
+
+    A KeyboardInterrupt, so that no `except Exception` on the way turns it into a failed row."""
+
+    def __init__(self, signum: int, hint: str = ""):
+        super().__init__(signum)
+        self.signum = signum
+        self.hint = hint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum   # 130 for SIGINT, 143 for SIGTERM
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+        return signal.Signals(self.signum).name
