@@ -5,23 +5,32 @@ columns are derived from the fields of `shared.job.Result` (so a new Result fiel
 column, added with ALTER TABLE to files written by older versions). The `comparison` view pivots
 the latest run of every sweep per hardware; see `COMPARISON_SQL`.
 
-DuckDB allows one writing process per file, and a read-only connection in another process also
-blocks the writer: keep every connection short except the coordinator's.
+DuckDB allows one process to have a file open for writing, and a read-only connection in another
+process also blocks the writer. So the store opens the file only for each write (a few ms) and
+closes it between rows, while a lock file beside it (`<db>.writer`, `flock`) keeps the coordinator
+the only writer for the whole run; readers (`query`, `report`, `runs`) open it read-only between
+two writes, and either side waits briefly for the other. Every connection stays short.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
 import secrets
+import socket
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import duckdb
 
+from fleetbench.coordinator.report import views
 from fleetbench.shared.errors import StoreError
 from fleetbench.shared.job import RESULT_COLUMNS, NodeProfile, Result
 
@@ -57,7 +66,12 @@ def result_schema() -> dict[str, str]:
 _SWEEPS_DDL = """
 CREATE TABLE IF NOT EXISTS sweeps (
     run_id VARCHAR PRIMARY KEY, sweep VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
-    spec JSON, address VARCHAR, status VARCHAR)"""
+    spec JSON, address VARCHAR, status VARCHAR, coordinator_host VARCHAR, coordinator_pid BIGINT,
+    coordinator_started DOUBLE)"""
+# Who runs a run: `coordinator runs` shows a 'running' run whose process is gone as 'interrupted'.
+_SWEEPS_ADDED = {"coordinator_host": "VARCHAR", "coordinator_pid": "BIGINT", "coordinator_started": "DOUBLE"}
+WRITE_WAIT_S = 120.0   # how long a write waits for readers to close the file
+READ_WAIT_S = 10.0     # how long a reader waits for a write to finish
 
 _NODES_DDL = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -142,8 +156,25 @@ def _is_lock_error(exc: Exception) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Open the file, translating DuckDB's errors into StoreError with a plain message."""
+def _connect(path: Path, read_only: bool, wait_s: Optional[float] = None) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting up to `wait_s` while another process has it; DuckDB's errors as StoreError."""
+    deadline = time.monotonic() + (READ_WAIT_S if wait_s is None else wait_s)
+    pause = 0.005
+    while True:
+        try:
+            return _connect_once(path, read_only)
+        except _Busy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
+class _Busy(StoreError):
+    """The file is open in another process."""
+
+
+def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:
@@ -151,7 +182,7 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             who = ("a coordinator is writing it; try again when the sweep ends" if read_only else
                    "another process (a running coordinator or a `query`) has it open; "
                    "try again when it ends")
-            raise StoreError(f"{path}: results database is busy: {who}") from exc
+            raise _Busy(f"{path}: results database is busy: {who}") from exc
         raise StoreError(f"{path}: cannot open results database: {_first_line(exc)}") from exc
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open results database: {_first_line(exc)}") from exc
@@ -161,6 +192,22 @@ def _first_line(exc: BaseException) -> str:
     return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
 
 
+def _take_writer_lock(path: Path):
+    """Hold `<db>.writer` (flock) for the store's life: a second writer is refused at once."""
+    handle = open(f"{path}.writer", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreError(f"{path}: results database is busy: another coordinator is writing it; "
+                         f"try again when it ends") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class Store:
     """Read-write access to the results database (the coordinator's, and only writer's)."""
 
@@ -168,20 +215,24 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._con = _connect(self.path, read_only=False)
+        self._writer = _take_writer_lock(self.path)
         try:
-            self._create_schema()
+            with self._connection() as con:
+                self._create_schema(con)
         except duckdb.Error as exc:
-            self._con.close()
+            self.close()
             raise StoreError(f"{self.path}: cannot create the schema: {_first_line(exc)}") from exc
+        except BaseException:
+            self.close()
+            raise
         log.debug("opened results database %s", self.path)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        if self._writer is not None:
+            self._writer.close()          # releases the flock
+            self._writer = None
             log.debug("closed results database %s", self.path)
 
     def __enter__(self) -> "Store":
@@ -190,51 +241,66 @@ class Store:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _execute(self, sql: str, params: Optional[Iterable[Any]] = None) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
+    @contextlib.contextmanager
+    def _connection(self):
+        """The file opened for one operation (waiting for readers), closed after it."""
+        if self._writer is None:
             raise StoreError(f"{self.path}: store is closed")
         with self._lock:
+            con = _connect(self.path, read_only=False, wait_s=WRITE_WAIT_S)
             try:
-                return self._con.execute(sql, list(params) if params is not None else None)
+                yield con
+            finally:
+                con.close()
+
+    def _execute(self, sql: str, params: Optional[Iterable[Any]] = None) -> None:
+        with self._connection() as con:
+            try:
+                con.execute(sql, list(params) if params is not None else None)
             except duckdb.Error as exc:
                 raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
 
     def _fetch(self, sql: str, params: Optional[Iterable[Any]] = None) -> tuple[list[str], list[tuple]]:
-        if self._con is None:
-            raise StoreError(f"{self.path}: store is closed")
-        with self._lock:
+        with self._connection() as con:
             try:
-                cur = self._con.execute(sql, list(params) if params is not None else None)
+                cur = con.execute(sql, list(params) if params is not None else None)
                 return [d[0] for d in cur.description], cur.fetchall()
             except duckdb.Error as exc:
                 raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _create_schema(self) -> None:
+    def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         schema = result_schema()
         cols = ",\n    ".join(f"{name} {sql}" for name, sql in schema.items())
-        self._con.execute(_SWEEPS_DDL)
-        self._con.execute(_NODES_DDL)
-        self._con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
+        con.execute(_SWEEPS_DDL)
+        for name, sql in _SWEEPS_ADDED.items():
+            con.execute(f"ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS {name} {sql}")
+        con.execute(_NODES_DDL)
+        con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
                           f"    PRIMARY KEY ({', '.join(_RESULT_KEY)}))")
-        have = {row[0] for row in self._con.execute(
+        have = {row[0] for row in con.execute(
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = 'results'").fetchall()}
         for name, sql in schema.items():
             if name not in have:
                 log.info("%s: adding column results.%s %s", self.path, name, sql)
-                self._con.execute(f"ALTER TABLE results ADD COLUMN {name} {sql}")
-        self._con.execute(COMPARISON_SQL)
+                con.execute(f"ALTER TABLE results ADD COLUMN {name} {sql}")
+        con.execute(COMPARISON_SQL)
+        views.install(con)
 
     # -- runs --------------------------------------------------------------------------------
 
     def start_run(self, sweep_name: str, spec_json: str, address: Optional[str]) -> str:
         """Record a new run of `sweep_name` (status 'running') and return its run id."""
         run_id = new_run_id()
-        self._execute("INSERT INTO sweeps (run_id, sweep, started_at, spec, address, status) "
-                      "VALUES (?, ?, ?, ?, ?, 'running')",
-                      [run_id, sweep_name, _utcnow(), spec_json, address])
+        import psutil
+        me = psutil.Process()
+        self._execute("INSERT INTO sweeps (run_id, sweep, started_at, spec, address, status, "
+                      "coordinator_host, coordinator_pid, coordinator_started) "
+                      "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                      [run_id, sweep_name, _utcnow(), spec_json, address, socket.gethostname(),
+                       me.pid, me.create_time()])
         log.info("started run %s of sweep %s", run_id, sweep_name)
         return run_id
 
@@ -261,6 +327,8 @@ class Store:
             d["node_id"] = d.get("node_id") or d.get("node_key") or d.get("hostname")
             values = [json.dumps(d.get(c)) if c in _NODE_JSON else d.get(c) for c in _NODE_COLUMNS]
             self._execute(sql, values)
+        with self._connection() as con:   # the `hardware` PIVOT names every node
+            views.install(con)
 
     # -- results -----------------------------------------------------------------------------
 
@@ -275,15 +343,16 @@ class Store:
             except ValueError as exc:
                 raise StoreError(f"result {result.job_id}: {name}: {exc}") from exc
         values = [row[c] for c in RESULT_COLUMNS]
-        if self._con is None:
-            raise StoreError(f"{self.path}: store is closed")
-        with self._lock:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
+        with self._connection() as con:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
             try:
-                self._con.execute(_INSERT_RESULT, values)   # autocommit: one transaction per row
+                con.execute(_INSERT_RESULT, values)   # autocommit: one transaction per row
                 return
             except duckdb.ConstraintException:
                 pass
-        self._execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), values)
+            try:
+                con.execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), values)
+            except duckdb.Error as exc:
+                raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
 
     def done_job_ids(self, run_id: str) -> set[str]:
         """Job ids with status 'ok' in `run_id` (what a resumed run can skip)."""
