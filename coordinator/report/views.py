@@ -11,7 +11,7 @@ import logging
 log = logging.getLogger(__name__)
 
 COURSE_COLUMNS = (
-    "sweep", "run_id", "node", "hardware", "hw_kind", "hostname", "node_id", "model", "compression",
+    "sweep", "run_id", "job_id", "node", "hardware", "hw_kind", "hostname", "node_id", "model", "compression",
     "backend", "device", "dtype", "batch_size", "status", "stage", "error", "valid", "iterations",
     "size_mb", "size_compressed_mb", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
     "throughput_ips", "ram_peak_mb", "ram_delta_mb", "vram_peak_mb", "precision_macro", "recall_macro",
@@ -70,7 +70,7 @@ WITH named AS (
                 WHEN top1_agreement IS NOT NULL THEN 'agreement' END AS quality_metric
     FROM judged
 )
-SELECT q.sweep, q.run_id, q.node, q.hardware, q.hw_kind, q.hostname, q.node_id, q.model,
+SELECT q.sweep, q.run_id, q.job_id, q.node, q.hardware, q.hw_kind, q.hostname, q.node_id, q.model,
        q.compression, q.backend, q.device, q.dtype, q.batch_size, q.status, q.stage, q.error,
        q.valid_row AS valid, q.iterations, q.size_mb, q.size_compressed_mb, q.latency_p50_ms,
        q.latency_p90_ms, q.latency_p99_ms, q.throughput_ips, q.ram_peak_mb, q.ram_delta_mb,
