@@ -138,8 +138,10 @@ def _columns(con) -> set[str]:
 
 
 def _node_names(con, where: str = LATEST_RUNS) -> list[str]:
+    """Nodes of the runs: from `nodes` (known when a run starts) and from rows without a nodes entry."""
     return [r[0] for r in con.execute(
-        f"SELECT DISTINCT node FROM course WHERE {where} AND node IS NOT NULL ORDER BY node").fetchall()]
+        f"SELECT node FROM (SELECT coalesce(node_key, hostname, node_id) AS node FROM nodes WHERE {where} "
+        f"UNION SELECT node FROM course WHERE {where}) WHERE node IS NOT NULL ORDER BY node").fetchall()]
 
 
 def install(con, temp: bool = False) -> None:

@@ -1,0 +1,147 @@
+"""The report's plots: matplotlib figures of `course` rows, as inline SVG text (no network, no JavaScript).
+
+Each function returns (title, svg) or None when the run has nothing to draw for it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+WIDTH_IN = 12.0
+MARKERS = {"pytorch": "o", "torchscript": "s", "onnxruntime": "^", "openvino": "D", "tensorrt": "P",
+           "tflite": "X"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _svg(fig, salt: str) -> str:
+    import matplotlib
+    plt = _plt()
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt}):   # unique ids: several SVGs share one page
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
+    return text
+
+
+def _ok(rows: list[dict[str, Any]], *need: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r["status"] == "ok" and r.get("valid", True) is not False
+            and all(r.get(k) is not None and not (isinstance(r[k], float) and math.isnan(r[k])) for k in need)]
+
+
+def _grid(plt, n: int, height: float = 3.6):
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH_IN, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['compression']}/{r['backend']}" + (f":{r['device']}" if r["device"] != "cpu" else "")
+
+
+def _nodes(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({r["node"] for r in rows})
+
+
+def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[tuple[str, str]]:
+    pts = _ok(rows, "latency_p50_ms", "quality")
+    if not pts:
+        return None
+    plt = _plt()
+    bs = min(r["batch_size"] for r in pts)
+    pts = [r for r in pts if r["batch_size"] == bs]
+    nodes = _nodes(pts)
+    fig, axes = _grid(plt, len(nodes))
+    for ax, node in zip(axes, nodes):
+        mine = [r for r in pts if r["node"] == node]
+        for backend in sorted({r["backend"] for r in mine}):
+            sel = [r for r in mine if r["backend"] == backend]
+            ax.scatter([r["latency_p50_ms"] for r in sel], [r["quality"] for r in sel],
+                       marker=MARKERS.get(backend, "o"), s=36, label=backend, alpha=0.85)
+        on = sorted((r for r in mine if r["job_id"] in front), key=lambda r: r["latency_p50_ms"])
+        if on:
+            ax.scatter([r["latency_p50_ms"] for r in on], [r["quality"] for r in on], s=150,
+                       facecolors="none", edgecolors="crimson", linewidths=1.4, label="Pareto set")
+            ax.plot([r["latency_p50_ms"] for r in on], [r["quality"] for r in on], color="crimson",
+                    lw=0.8, ls="--")
+            for r in on:
+                ax.annotate(r["compression"], (r["latency_p50_ms"], r["quality"]), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        metric = "/".join(sorted({r["quality_metric"] for r in mine}))
+        ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms)", ylabel=metric)
+        ax.legend(fontsize=7, loc="best")
+    return ("Latency vs quality per node (Pareto set ringed)", _svg(fig, "lat-q"))
+
+
+def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
+    pts = _ok(rows, "latency_p50_ms", "size_mb")
+    if not pts:
+        return None
+    plt = _plt()
+    bs = min(r["batch_size"] for r in pts)
+    pts = [r for r in pts if r["batch_size"] == bs]
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
+    for node in _nodes(pts):
+        mine = [r for r in pts if r["node"] == node]
+        ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=node, alpha=0.8)
+    ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)", ylabel="p50 latency (ms)")
+    ax.legend(fontsize=8, title="node")
+    return ("Size vs latency", _svg(fig, "size-lat"))
+
+
+def speedup(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
+    pts = _ok(rows, "speedup_vs_eager")
+    if not pts:
+        return None
+    plt = _plt()
+    bs = min(r["batch_size"] for r in pts)
+    pts = [r for r in pts if r["batch_size"] == bs]
+    nodes = _nodes(pts)
+    most = max(sum(r["node"] == n for r in pts) for n in nodes)
+    fig, axes = _grid(plt, len(nodes), height=max(2.5, 0.22 * most + 1.0))
+    for ax, node in zip(axes, nodes):
+        mine = sorted((r for r in pts if r["node"] == node), key=lambda r: r["speedup_vs_eager"])
+        values = [r["speedup_vs_eager"] for r in mine]
+        ax.barh([_label(r) for r in mine], values, color=["seagreen" if v >= 1 else "indianred" for v in values])
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set(title=f"{node}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50)")
+        ax.tick_params(axis="y", labelsize=7)
+    return ("Speed-up over eager fp32 per node", _svg(fig, "speedup"))
+
+
+def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -> Optional[tuple[str, str]]:
+    pts = [r for r in _ok(rows) if samples.get(r["job_id"])]
+    if not pts:
+        return None
+    plt = _plt()
+    nodes = _nodes(pts)
+    most = max(sum(r["node"] == n for r in pts) for n in nodes)
+    fig, axes = _grid(plt, len(nodes), height=max(2.5, 0.22 * most + 1.0))
+    for ax, node in zip(axes, nodes):
+        mine = sorted((r for r in pts if r["node"] == node), key=lambda r: (r["batch_size"], r["latency_p50_ms"] or 0))
+        ax.boxplot([samples[r["job_id"]] for r in mine], vert=False, showfliers=False, widths=0.6)
+        ax.set_yticks(range(1, len(mine) + 1), [f"{_label(r)} bs{r['batch_size']}" for r in mine], fontsize=7)
+        ax.set(title=f"{node}: latency samples (whiskers 1.5 IQR)", xlabel="latency (ms)", xscale="log")
+    return ("Latency distribution of each row", _svg(fig, "dist"))
+
+
+def all_plots(rows: list[dict[str, Any]], front: set[str], samples: dict[str, list[float]]) -> list[tuple[str, str]]:
+    out = [latency_vs_quality(rows, front), size_vs_latency(rows), speedup(rows), distributions(rows, samples)]
+    return [p for p in out if p is not None]
