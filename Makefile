@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,intel,tflite,compress,test
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 install: $(STAMP)
 
@@ -22,11 +22,16 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/coordinator run examples/sweep.yaml
 
-test: install
+# The HTML report is tested in Debian's headless chromium.
+browser:
+	scripts/ensure-chromium.sh
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python bench/fidelity.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) results.duckdb

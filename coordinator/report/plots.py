@@ -79,8 +79,6 @@ def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[
         if on:
             ax.scatter([r["latency_p50_ms"] for r in on], [r["quality"] for r in on], s=150,
                        facecolors="none", edgecolors="crimson", linewidths=1.4, label="Pareto set")
-            ax.plot([r["latency_p50_ms"] for r in on], [r["quality"] for r in on], color="crimson",
-                    lw=0.8, ls="--")
             for r in on:
                 ax.annotate(r["compression"], (r["latency_p50_ms"], r["quality"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")

@@ -84,8 +84,8 @@ def best(rows: Iterable[dict[str, Any]], max_drop: float = 0.01, max_size_mb: Op
             picks.append(Pick(node, model, bs, None, f"no row with {limit}"))
             continue
         win = min(within, key=lambda r: _tie_key(r, metric, higher))
-        picks.append(Pick(node, model, bs, win, f"fastest by {by} of {len(within)} row(s) within the bound "
-                                                f"({len(ok) - len(within)} left out)"))
+        picks.append(Pick(node, model, bs, win, f"fastest of {len(within)} within the bound, "
+                                                f"{len(ok) - len(within)} left out"))
     return picks
 
 

@@ -15,10 +15,10 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 6p
 p.meta, p.note { color: #57606a; margin: 4px 0 10px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 12px; margin: 4px 0 10px; }
-th, td { padding: 3px 7px; border-bottom: 1px solid #eaeef2; white-space: nowrap; text-align: left; }
+th, td { padding: 3px 5px; border-bottom: 1px solid #eaeef2; white-space: nowrap; text-align: left; }
 th { background: #f6f8fa; position: sticky; top: 0; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.reason { white-space: normal; min-width: 260px; }
+td.reason { white-space: normal; min-width: 180px; }
 tr.best td { background: #e6f4ea; font-weight: 600; }
 tr.pareto td:last-child { color: #b3261e; }
 figure { margin: 10px 0 22px; } figcaption { font-weight: 600; margin-bottom: 4px; }

@@ -34,6 +34,7 @@ class Out:
 
     def print(self, thing) -> None:
         if not self.tty and not isinstance(thing, str):   # as wide as the table wants, no wider
+            self.console.width = 100_000
             self.console.width = max(80, self.console.measure(thing).maximum)
         self.console.print(thing)
 
