@@ -134,8 +134,11 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
         store.put_result(result)
         bar.result(result)
 
+    for row in unsupported:       # known before anything runs: stored in one opening of the file
+        row.run_id = run_id
+    store.put_results(unsupported)
     for row in unsupported:
-        put(row)
+        bar.result(row)
     weights = {name: ray.put(data) for name, data in payloads.items()
                if any(j.model.name == name for j in jobs)}
     dispatcher = Dispatcher(put, bar.stage)

@@ -334,6 +334,25 @@ class Store:
 
     def put_result(self, result: Result) -> None:
         """Insert or replace the row (run_id, job_id); committed (durable) when this returns."""
+        self.put_results([result])
+
+    def put_results(self, results: list[Result]) -> None:
+        """Insert or replace rows in one opening of the file (one transaction per row, as each is committed)."""
+        values = [self._values(r) for r in results]
+        with self._connection() as con:
+            for row in values:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
+                try:
+                    con.execute(_INSERT_RESULT, row)   # autocommit: one transaction per row
+                    continue
+                except duckdb.ConstraintException:
+                    pass
+                try:
+                    con.execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), row)
+                except duckdb.Error as exc:
+                    raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
+
+    @staticmethod
+    def _values(result: Result) -> list[Any]:
         if not result.run_id:
             raise StoreError(f"result {result.job_id}: run_id is not set")
         row = dataclasses.asdict(result)
@@ -342,17 +361,7 @@ class Store:
                 row[name] = _to_timestamp(row.get(name))
             except ValueError as exc:
                 raise StoreError(f"result {result.job_id}: {name}: {exc}") from exc
-        values = [row[c] for c in RESULT_COLUMNS]
-        with self._connection() as con:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
-            try:
-                con.execute(_INSERT_RESULT, values)   # autocommit: one transaction per row
-                return
-            except duckdb.ConstraintException:
-                pass
-            try:
-                con.execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), values)
-            except duckdb.Error as exc:
-                raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
+        return [row[c] for c in RESULT_COLUMNS]
 
     def done_job_ids(self, run_id: str) -> set[str]:
         """Job ids with status 'ok' in `run_id` (what a resumed run can skip)."""

@@ -31,7 +31,7 @@ def _svg(fig, salt: str) -> str:
     plt = _plt()
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt}):   # unique ids: several SVGs share one page
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
     text = re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg"):], flags=re.S)
@@ -46,7 +46,7 @@ def _ok(rows: list[dict[str, Any]], *need: str) -> list[dict[str, Any]]:
 def _grid(plt, n: int, height: float = 3.6):
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH_IN, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH_IN, height * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
@@ -95,7 +95,7 @@ def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     plt = _plt()
     bs = min(r["batch_size"] for r in pts)
     pts = [r for r in pts if r["batch_size"] == bs]
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0), layout="constrained")
     for node in _nodes(pts):
         mine = [r for r in pts if r["node"] == node]
         ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=node, alpha=0.8)
@@ -129,17 +129,26 @@ def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -
     if not pts:
         return None
     plt = _plt()
+    bs = min(r["batch_size"] for r in pts)
+    pts = [r for r in pts if r["batch_size"] == bs]
     nodes = _nodes(pts)
     most = max(sum(r["node"] == n for r in pts) for n in nodes)
     fig, axes = _grid(plt, len(nodes), height=max(2.5, 0.22 * most + 1.0))
     for ax, node in zip(axes, nodes):
-        mine = sorted((r for r in pts if r["node"] == node), key=lambda r: (r["batch_size"], r["latency_p50_ms"] or 0))
+        mine = sorted((r for r in pts if r["node"] == node), key=lambda r: r["latency_p50_ms"] or 0)
         ax.boxplot([samples[r["job_id"]] for r in mine], vert=False, showfliers=False, widths=0.6)
-        ax.set_yticks(range(1, len(mine) + 1), [f"{_label(r)} bs{r['batch_size']}" for r in mine], fontsize=7)
-        ax.set(title=f"{node}: latency samples (whiskers 1.5 IQR)", xlabel="latency (ms)", xscale="log")
+        ax.set_yticks(range(1, len(mine) + 1), [_label(r) for r in mine], fontsize=7)
+        ax.set(title=f"{node}: latency samples, batch {bs} (box: quartiles, whiskers: 1.5 IQR)",
+               xlabel="latency (ms)", xscale="log")
     return ("Latency distribution of each row", _svg(fig, "dist"))
 
 
 def all_plots(rows: list[dict[str, Any]], front: set[str], samples: dict[str, list[float]]) -> list[tuple[str, str]]:
-    out = [latency_vs_quality(rows, front), size_vs_latency(rows), speedup(rows), distributions(rows, samples)]
+    import time
+    out = []
+    for draw in (lambda: latency_vs_quality(rows, front), lambda: size_vs_latency(rows), lambda: speedup(rows),
+                 lambda: distributions(rows, samples)):
+        t = time.perf_counter()
+        out.append(draw())
+        log.debug("plot %s in %.2f s", out[-1][0] if out[-1] else "-", time.perf_counter() - t)
     return [p for p in out if p is not None]
