@@ -6,10 +6,11 @@ column, added with ALTER TABLE to files written by older versions). The `compari
 the latest run of every sweep per hardware; see `COMPARISON_SQL`.
 
 DuckDB allows one process to have a file open for writing, and a read-only connection in another
-process also blocks the writer. So the store opens the file only for each write (a few ms) and
-closes it between rows, while a lock file beside it (`<db>.writer`, `flock`) keeps the coordinator
-the only writer for the whole run; readers (`query`, `report`, `runs`) open it read-only between
-two writes, and either side waits briefly for the other. Every connection stays short.
+process also blocks the writer. So the store keeps the file open only while rows keep coming: it
+closes it after IDLE_CLOSE_S without a write, or right after the current write when a reader has
+asked for it (a reader that finds the file busy touches `<db>.wants-read`), and reopens it for the
+next write. A lock file beside it (`<db>.writer`, `flock`) keeps the coordinator the only writer for
+the whole run. Readers (`query`, `report`, `runs`) hold the file only while they read.
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ CREATE TABLE IF NOT EXISTS sweeps (
 _SWEEPS_ADDED = {"coordinator_host": "VARCHAR", "coordinator_pid": "BIGINT", "coordinator_started": "DOUBLE"}
 WRITE_WAIT_S = 120.0   # how long a write waits for readers to close the file
 READ_WAIT_S = 10.0     # how long a reader waits for a write to finish
+IDLE_CLOSE_S = 0.5     # the writer closes the file after this long without a write
+READ_REQUEST_S = 5.0   # a reader's request (mtime of <db>.wants-read) counts this long
 
 _NODES_DDL = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -166,8 +169,25 @@ def _connect(path: Path, read_only: bool, wait_s: Optional[float] = None) -> duc
         except _Busy:
             if time.monotonic() >= deadline:
                 raise
+            if read_only:
+                _request_read(path)
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
+
+
+def _request_read(path: Path) -> None:
+    """Ask the writer to close the file after its current write."""
+    try:
+        Path(f"{path}.wants-read").touch()
+    except OSError:
+        pass
+
+
+def _read_requested(path: Path) -> bool:
+    try:
+        return time.time() - Path(f"{path}.wants-read").stat().st_mtime < READ_REQUEST_S
+    except OSError:
+        return False
 
 
 class _Busy(StoreError):
@@ -216,6 +236,10 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._writer = _take_writer_lock(self.path)
+        self._con: Optional[duckdb.DuckDBPyConnection] = None
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._closer = threading.Thread(target=self._close_when_idle, name="fleetbench-store", daemon=True)
         try:
             with self._connection() as con:
                 self._create_schema(con)
@@ -230,10 +254,28 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._release()
         if self._writer is not None:
             self._writer.close()          # releases the flock
             self._writer = None
             log.debug("closed results database %s", self.path)
+
+    def _release(self) -> None:
+        """Close the DuckDB file (caller holds self._lock); the next write reopens it."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _close_when_idle(self) -> None:
+        while not self._stop.wait(0.05):
+            if self._con is None:
+                continue
+            with self._lock:
+                idle = time.monotonic() - self._last_write > IDLE_CLOSE_S
+                if self._con is not None and (idle or _read_requested(self.path)):
+                    self._release()
 
     def __enter__(self) -> "Store":
         return self
@@ -243,15 +285,23 @@ class Store:
 
     @contextlib.contextmanager
     def _connection(self):
-        """The file opened for one operation (waiting for readers), closed after it."""
+        """The file for one operation: held open while rows keep coming, given up to a waiting reader."""
         if self._writer is None:
             raise StoreError(f"{self.path}: store is closed")
         with self._lock:
-            con = _connect(self.path, read_only=False, wait_s=WRITE_WAIT_S)
+            if self._con is None:
+                self._con = _connect(self.path, read_only=False, wait_s=WRITE_WAIT_S)
             try:
-                yield con
+                yield self._con
             finally:
-                con.close()
+                self._last_write = time.monotonic()
+                if _read_requested(self.path):
+                    self._release()
+        if not self._closer.is_alive() and not self._stop.is_set():
+            try:
+                self._closer.start()
+            except RuntimeError:   # started by another thread meanwhile
+                pass
 
     def _execute(self, sql: str, params: Optional[Iterable[Any]] = None) -> None:
         with self._connection() as con:

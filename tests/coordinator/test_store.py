@@ -341,3 +341,33 @@ def test_not_a_database(tmp_path: Path) -> None:
         query(path, "SELECT 1")
     with pytest.raises(StoreError, match="cannot open"):
         Store(path)
+
+
+def test_a_reader_gets_in_while_rows_keep_coming(db: Path, tmp_path: Path) -> None:
+    """A writer storing a row every 20 ms holds the file between rows; a reader's request makes it let go."""
+    flag = tmp_path / "open"
+    code = textwrap.dedent(f"""
+        import time
+        from fleetbench.coordinator.store import Store
+        from fleetbench.shared.job import Result
+        s = Store({str(db)!r})
+        run = s.start_run('demo', '{{}}', None)
+        for i in range(100000):
+            s.put_result(Result(job_id=f'j{{i}}', sweep='demo', model='m', compression='none', backend='pytorch',
+                                device='cpu', batch_size=1, node_id='n', hostname='h', hw_kind='cpu', run_id=run))
+            if i == 3:
+                open({str(flag)!r}, 'w').close()
+            time.sleep(0.02)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        _wait_for(flag, proc)
+        seen = []
+        for _ in range(3):
+            seen.append(query(db, "SELECT count(*) FROM results")[1][0][0])
+            time.sleep(0.3)
+        assert proc.poll() is None, "the writer must still be writing"
+        assert seen[0] >= 4 and seen[-1] > seen[0], seen      # rows arrived between the reads
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
