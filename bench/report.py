@@ -35,7 +35,6 @@ BACKENDS = ["pytorch", "torchscript", "onnxruntime", "openvino"]
 
 def generate(db: Path, runs: int, rows: int) -> tuple[str, str]:
     import duckdb
-
     from fleetbench.coordinator.store import Store
     per_run = rows / runs
     batch_sizes = max(1, round(per_run / (len(NODES) * len(COMPRESSIONS) * len(BACKENDS))))
@@ -108,7 +107,6 @@ def write_cost(db: Path, writes: int, gap_s: float) -> tuple[float, float]:
     import dataclasses
 
     import duckdb
-
     from fleetbench.coordinator.store import _INSERT_RESULT, Store
     from fleetbench.shared.job import RESULT_COLUMNS, Result
 

@@ -183,8 +183,8 @@ def _read_sql(args) -> str:
 
 
 def _query(args) -> int:
-    from fleetbench.coordinator.report.export import export
     from fleetbench.coordinator.formats import render
+    from fleetbench.coordinator.report.export import export
     from fleetbench.coordinator.store import query
     sql = _read_sql(args)
     if not sql.strip():

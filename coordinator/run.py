@@ -10,8 +10,8 @@ from typing import Optional
 
 from fleetbench.coordinator import cluster
 from fleetbench.coordinator.formats import render
-from fleetbench.coordinator.report import fleet_table
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
+from fleetbench.coordinator.report import fleet_table
 from fleetbench.shared.errors import SweepError
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep
@@ -124,7 +124,6 @@ class Progress:
 def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool,
               names: dict[str, str]) -> Counter:
     import ray
-
     from fleetbench.coordinator.dispatch import Dispatcher
 
     bar = Progress(len(unsupported) + len(jobs), names, progress)

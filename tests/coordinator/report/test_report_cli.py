@@ -88,8 +88,9 @@ def test_compare_flags_the_real_regression_not_the_noise(demo_db, capsys):
 
 
 def test_compare_noise_hides_a_change_within_the_spread(tmp_path):
-    from tests.coordinator.report.conftest import add_samples, write_run
     from fleetbench.coordinator.report.compare import compare
+
+    from tests.coordinator.report.conftest import add_samples, write_run
     db = tmp_path / "n.duckdb"
     with Store(db) as store:
         a, sa = write_run(store)
@@ -135,6 +136,7 @@ def test_empty_db_only_failed_rows_and_different_sweeps_exit_2(tmp_path, capsys)
 
 def test_query_exports_csv_json_parquet_from_stdin_and_file(demo_db, tmp_path, monkeypatch):
     import io
+
     import pyarrow.parquet as pq
     db, _, _ = demo_db
     sql = "SELECT node, compression, latency_p50_ms FROM course WHERE status = 'ok' ORDER BY ALL"
