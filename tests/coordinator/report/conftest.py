@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from fleetbench.coordinator.store import Store
 from fleetbench.shared.job import NodeProfile, Result
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
 from fleetbench.coordinator.cli import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fleetbench.coordinator.report.recommend import best, pareto
 
 
