@@ -136,7 +136,7 @@ def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -
     fig, axes = _grid(plt, len(nodes), height=max(2.5, 0.22 * most + 1.0))
     for ax, node in zip(axes, nodes):
         mine = sorted((r for r in pts if r["node"] == node), key=lambda r: r["latency_p50_ms"] or 0)
-        ax.boxplot([samples[r["job_id"]] for r in mine], vert=False, showfliers=False, widths=0.6)
+        ax.boxplot([samples[r["job_id"]] for r in mine], orientation="horizontal", showfliers=False, widths=0.6)
         ax.set_yticks(range(1, len(mine) + 1), [_label(r) for r in mine], fontsize=7)
         ax.set(title=f"{node}: latency samples, batch {bs} (box: quartiles, whiskers: 1.5 IQR)",
                xlabel="latency (ms)", xscale="log")
