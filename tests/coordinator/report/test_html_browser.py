@@ -90,6 +90,9 @@ def test_report_html_in_headless_chromium(demo_db, tmp_path):
     assert img.size == (1280, 2400)
     colors = img.resize((64, 120)).getcolors(64 * 120)
     assert colors is not None and len(colors) > 20   # drawn: not a blank page
+    pdf = tmp_path / "report.pdf"     # printable: chromium's print path lays it out into pages
+    printed = chromium(f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri(), cwd=tmp_path)
+    assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 20_000, printed.stderr[-500:]
     keep = os.environ.get("FLEETBENCH_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, Path(keep) / "report.png")
