@@ -15,7 +15,7 @@ class NodeSection:
     node: str
     hardware: str
     hw_kind: str
-    rows: list[list[str]]                       # the course table (ok rows)
+    tables: list[tuple[str, list[list[str]]]]   # (model, the course table of its ok rows)
     not_measured: list[list[str]]               # failed and unsupported rows
 
     @property
@@ -68,9 +68,11 @@ def compose(data: RunData, max_drop: float = 0.01) -> Report:
     hw = _hardware_of(data.rows)
     for node in sorted(hw):
         mine = [r for r in data.rows if r["node"] == node]
+        models = sorted({r["model"] for r in mine})
+        tables = [(m, [table.course_cells(r, rep.front, picked) for r in mine
+                       if r["model"] == m and r["status"] == "ok"]) for m in models]
         rep.sections.append(NodeSection(
-            node, *hw[node],
-            rows=[table.course_cells(r, rep.front, picked) for r in mine if r["status"] == "ok"],
+            node, *hw[node], tables=tables,
             not_measured=[table.not_measured_cells(r) for r in mine if r["status"] != "ok"]))
     rep.hardware_columns, rep.hardware_rows = table.hardware_cells(data.hardware_columns, data.hardware_rows)
     rep.best_rows = [table.best_cells(p, hw.get(p.node, ("", ""))[0]) for p in rep.picks]

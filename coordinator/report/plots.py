@@ -83,7 +83,8 @@ def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[
                 ax.annotate(r["compression"], (r["latency_p50_ms"], r["quality"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
         metric = "/".join(sorted({r["quality_metric"] for r in mine}))
-        ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms)", ylabel=metric)
+        ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric,
+               xscale="log")
         ax.legend(fontsize=7, loc="best")
     return ("Latency vs quality per node (Pareto set ringed)", _svg(fig, "lat-q"))
 
@@ -99,7 +100,8 @@ def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     for node in _nodes(pts):
         mine = [r for r in pts if r["node"] == node]
         ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=node, alpha=0.8)
-    ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)", ylabel="p50 latency (ms)")
+    ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)",
+           ylabel="p50 latency (ms, log scale)", yscale="log")
     ax.legend(fontsize=8, title="node")
     return ("Size vs latency", _svg(fig, "size-lat"))
 
@@ -117,9 +119,11 @@ def speedup(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     for ax, node in zip(axes, nodes):
         mine = sorted((r for r in pts if r["node"] == node), key=lambda r: r["speedup_vs_eager"])
         values = [r["speedup_vs_eager"] for r in mine]
-        ax.barh([_label(r) for r in mine], values, color=["seagreen" if v >= 1 else "indianred" for v in values])
+        ax.barh([_label(r) for r in mine], [v - 1 for v in values], left=1,   # bars grow from ×1 either way
+                color=["seagreen" if v >= 1 else "indianred" for v in values])
         ax.axvline(1.0, color="black", lw=0.8)
-        ax.set(title=f"{node}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50)")
+        ax.set(title=f"{node}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50, log scale)",
+               xscale="log")
         ax.tick_params(axis="y", labelsize=7)
     return ("Speed-up over eager fp32 per node", _svg(fig, "speedup"))
 

@@ -19,6 +19,7 @@ th, td { padding: 3px 5px; border-bottom: 1px solid #eaeef2; white-space: nowrap
 th { background: #f6f8fa; position: sticky; top: 0; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.reason { white-space: normal; min-width: 180px; }
+td.wrap { white-space: normal; }
 tr.best td { background: #e6f4ea; font-weight: 600; }
 tr.pareto td:last-child { color: #b3261e; }
 figure { margin: 10px 0 22px; } figcaption { font-weight: 600; margin-bottom: 4px; }
@@ -32,6 +33,15 @@ def _num(column: str) -> bool:
     return column in NUMERIC or column.endswith((" p50 ms", " quality"))
 
 
+def _cls(column: str) -> str:
+    if _num(column):
+        return "num"
+    return "reason" if column in ("reason", "why") else "wrap" if column in WRAP else ""
+
+
+WRAP = {"model", "hardware", "node"}
+
+
 def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "",
                mark_col: int | None = None) -> str:
     head = "".join(f'<th class="{"num" if _num(c) else ""}">{escape(c)}</th>' for c in columns)
@@ -39,8 +49,7 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], cls: str =
     for r in rows:
         mark = r[mark_col] if mark_col is not None else ""
         tr_cls = " ".join(k for k in ("best", "pareto") if k in mark.split())
-        cells = "".join(f'<td class="{"num" if _num(c) else "reason" if c in ("reason", "why") else ""}">'
-                        f"{escape(v)}</td>" for c, v in zip(columns, r))
+        cells = "".join(f'<td class="{_cls(c)}">{escape(v)}</td>' for c, v in zip(columns, r))
         body.append(f'<tr class="{tr_cls}">{cells}</tr>')
     return (f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
@@ -55,8 +64,10 @@ def render(rep: Report, plots: list[tuple[str, str]]) -> str:
     for s in rep.sections:
         parts += [f'<h2 class="node">{escape(s.heading)}</h2>',
                   '<p class="note">Change (×, ±) is against the <code>none</code> row of the same '
-                  "backend, device and batch size. Highlighted: the recommendation.</p>",
-                  html_table(course_cols, s.rows, "course", mark_col=len(course_cols) - 1)]
+                  "backend, device and batch size. Highlighted: the recommendation.</p>"]
+        for model, rows in s.tables:
+            parts += [f'<h3>model {escape(model)}</h3>',
+                      html_table(course_cols, rows, "course", mark_col=len(course_cols) - 1)]
         if s.not_measured:
             parts += ["<h3>Not measured</h3>", html_table(table.NOT_MEASURED, s.not_measured, "not-measured")]
     parts += ["<h2>Across hardware</h2>",

@@ -27,8 +27,9 @@ def render(rep: Report) -> str:
              md_table(table.BEST, rep.best_rows), ""]
     for s in rep.sections:
         parts += [f"## {s.heading}", "",
-                  "Change (×, ±) is against the `none` row of the same backend, device and batch size.", "",
-                  md_table(table.COURSE[:-1] + ("mark",), s.rows) if s.rows else "_no ok rows_", ""]
+                  "Change (×, ±) is against the `none` row of the same backend, device and batch size.", ""]
+        for model, rows in s.tables:
+            parts += [f"### {model}", "", md_table(table.COURSE[:-1] + ("mark",), rows) if rows else "_no ok rows_", ""]
         if s.not_measured:
             parts += ["Not measured:", "", md_table(table.NOT_MEASURED, s.not_measured), ""]
     parts += ["## Across hardware", "", "p50 ms and quality of each configuration on every node "

@@ -52,7 +52,8 @@ def render(rep: Report, file=None) -> None:
     out = console(file)
     out.print(f"[bold]{rep.title}[/bold]\n{rep.subtitle}\n")
     for s in rep.sections:
-        out.print(rich_table(table.COURSE, s.rows, title=f"[bold]{s.heading}[/bold]"))
+        for model, rows in s.tables:
+            out.print(rich_table(table.COURSE, rows, title=f"[bold]{s.heading}[/bold] · model {model}"))
         if s.not_measured:
             out.print(rich_table(table.NOT_MEASURED, s.not_measured, title="not measured"))
     out.print(rich_table(rep.hardware_columns, rep.hardware_rows, title="[bold]across hardware[/bold] "

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from fleetbench.coordinator.report.recommend import Pick
 
 NULL = "-"
-COURSE = ("model", "compression", "backend", "device", "dtype", "bs", "size MB", "zstd MB", "p50 ms",
+COURSE = ("compression", "backend", "device", "dtype", "bs", "size MB", "zstd MB", "p50 ms",
           "RAM MB", "RAM +MB", "VRAM MB", "P / R / F1", "agree", "size ×", "p50 ×", "F1 ±", "")
 NOT_MEASURED = ("model", "compression", "backend", "device", "bs", "status", "stage", "reason")
 BEST = ("node", "hardware", "model", "bs", "compression", "backend", "device", "dtype", "p50 ms",
@@ -49,7 +49,7 @@ def mark(r: dict[str, Any], front: set[str], picked: set[str]) -> str:
 
 
 def course_cells(r: dict[str, Any], front: set[str], picked: set[str]) -> list[str]:
-    return [r["model"], r["compression"], r["backend"], r["device"], r.get("dtype") or NULL,
+    return [r["compression"], r["backend"], r["device"], r.get("dtype") or NULL,
             str(r["batch_size"]), mb(r.get("size_mb")), mb(r.get("size_compressed_mb")),
             ms(r.get("latency_p50_ms")), mb(r.get("ram_peak_mb")), mb(r.get("ram_delta_mb")),
             mb(r.get("vram_peak_mb")), prf(r), q4(r.get("top1_agreement")), ratio(r.get("size_x")),

@@ -28,7 +28,7 @@ def profile(node: str, node_id: str) -> NodeProfile:
 
 def result(run_id: str, node: str, node_id: str, compression: str, backend: str, p50: float, f1: float,
            size: float, zsize: float, **kw) -> Result:
-    base = dict(job_id=f"{node}-{compression}-{backend}", sweep="demo", model="m", compression=compression,
+    base = dict(job_id=f"{node}-{compression}-{backend}", sweep="demo", model="resnet50-imagenet-ft", compression=compression,
                 backend=backend, device="cpu", batch_size=1, node_id=node_id, hostname="vm",
                 hw_kind="nvidia" if NODES[node][1] else "cpu", run_id=run_id, dtype="fp32", status="ok",
                 latency_p50_ms=p50, latency_p90_ms=p50 * 1.05, latency_p99_ms=p50 * 1.2, latency_mean_ms=p50,

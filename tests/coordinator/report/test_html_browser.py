@@ -30,9 +30,11 @@ window.addEventListener('load', () => {
   for (const t of document.querySelectorAll('table')) {
     (tables[t.className] = tables[t.className] || []).push(t.tBodies[0].rows.length);
   }
+  const overflow = [...document.querySelectorAll('.scroll')].filter(d => d.scrollWidth > d.clientWidth + 1)
+    .map(d => d.firstElementChild.className + ' ' + d.scrollWidth + '>' + d.clientWidth);
   const pre = document.createElement('pre'); pre.id = 'probe';
   pre.textContent = JSON.stringify({plots, tables, errors: window.__errors,
-    fetched: performance.getEntriesByType('resource').map(r => r.name), width: document.documentElement.scrollWidth});
+    fetched: performance.getEntriesByType('resource').map(r => r.name), overflow, width: document.documentElement.scrollWidth});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -72,6 +74,7 @@ def test_report_html_in_headless_chromium(demo_db, tmp_path):
     for plot in probe["plots"]:
         assert plot["w"] > 300 and plot["h"] > 100 and plot["marks"] > 20, plot
     assert probe["width"] <= 1280, "the page scrolls sideways at 1280 px"
+    assert probe["overflow"] == [], "a table is wider than the page at 1280 px"
 
     con = duckdb.connect(str(db), read_only=True)
     per_node = dict(con.execute("SELECT node, count(*) FILTER (WHERE status = 'ok') FROM course "

@@ -42,7 +42,7 @@ def test_report_writes_markdown_and_html(demo_db, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "alpha — Intel(R) Xeon(R) Processor, 2 cores (cpu)" in out
     text = md.read_text()
-    assert "| m | fp16 | onnxruntime | cpu | fp32 | 1 | 20.00 | 18.00 | 5.000 |" in text
+    assert "| fp16 | onnxruntime | cpu | fp32 | 1 | 20.00 | 18.00 | 5.000 |" in text
     assert "×0.50" in text and "−0.0010" in text and "boom: the compiler refused" in text
     page = html.read_text()
     assert page.count("<svg") == 4
