@@ -10,7 +10,7 @@ from fleetbench.coordinator.report.render_md import NUMERIC
 def rich_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str = ""):
     from rich import box
     from rich.table import Table
-    t = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+    t = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
               header_style="bold")
     for c in columns:
         numeric = c in NUMERIC or c.endswith((" p50 ms", " quality"))
