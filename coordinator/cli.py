@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="p50 slow-down that counts, when it is also above the noise (default: 10%%)")
     cmp.add_argument("--max-f1-drop", type=_percent, default=0.01,
                      help="quality drop that counts (default: 0.01)")
+    cmp.add_argument("--all", action="store_true", help="show every configuration, not only the changed ones")
     return parser
 
 
@@ -259,9 +260,12 @@ def _compare(args) -> int:
     lines = compare(args.db, args.run_a, args.run_b, fail_above=args.fail_above, max_drop=args.max_f1_drop)
     if not lines:
         raise SweepError(f"{args.db}: runs {args.run_a} and {args.run_b} share no ok configuration")
-    print_table(COLUMNS, [cells(line) for line in lines])
+    shown = lines if args.all else [line for line in lines if line.verdict != "same"]
+    if shown:
+        print_table(COLUMNS, [cells(line) for line in shown])
     bad = [line for line in lines if is_regression(line)]
-    print(f"{len(lines)} configuration(s) compared; {len(bad)} regression(s) "
+    print(f"{len(lines)} configuration(s) compared, {len(lines) - len(shown)} unchanged not shown"
+          f"{'' if args.all else ' (--all shows them)'}; {len(bad)} regression(s) "
           f"(slower by more than {args.fail_above:.0%} and the noise, or quality down by more than "
           f"{args.max_f1_drop:g})")
     return 1 if bad else 0

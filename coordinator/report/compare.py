@@ -5,7 +5,7 @@ backend, device, batch size), never by Ray's node id. A slower p50 is a regressi
 change is above the bound *and* above the noise, where the noise is the largest of:
   - the 95% confidence intervals of both medians, from the stored samples (order statistics);
     without samples, the spread p90 - p50 of each row stands in (cruder and wider);
-  - the run-to-run spread of this configuration's p50 over the sweep's other runs.
+  - the run-to-run spread of this configuration's p50 over the sweep's latest 20 other runs.
 A quality drop above `max_drop` is a regression whatever the noise (quality is deterministic).
 """
 from __future__ import annotations
@@ -60,14 +60,16 @@ def _row_noise(r: dict[str, Any], samples: dict[str, list[float]]) -> Optional[f
     return None
 
 
+HISTORY_RUNS = 20
+
+
 def _history(con, sweep: str, exclude: tuple[str, str]) -> dict[tuple, list[float]]:
-    """p50 of every configuration over the sweep's other runs."""
-    out: dict[tuple, list[float]] = {}
-    for row in con.execute(f"SELECT {', '.join(KEY)}, latency_p50_ms FROM course WHERE sweep = ? "
-                           "AND run_id NOT IN (?, ?) AND status = 'ok' AND valid AND latency_p50_ms > 0",
-                           [sweep, *exclude]).fetchall():
-        out.setdefault(tuple(row[:-1]), []).append(row[-1])
-    return out
+    """p50 of every configuration over the sweep's latest HISTORY_RUNS other runs."""
+    sql = (f"SELECT {', '.join(KEY)}, list(latency_p50_ms) FROM course WHERE run_id IN ("
+           "  SELECT run_id FROM sweeps WHERE sweep = ? AND run_id NOT IN (?, ?)"
+           "  ORDER BY started_at DESC LIMIT ?) "
+           f"AND status = 'ok' AND valid AND latency_p50_ms > 0 GROUP BY ALL")
+    return {tuple(row[:-1]): row[-1] for row in con.execute(sql, [sweep, *exclude, HISTORY_RUNS]).fetchall()}
 
 
 def _load(db: Path, run_a: str, run_b: str):

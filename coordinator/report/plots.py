@@ -85,7 +85,7 @@ def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[
         metric = "/".join(sorted({r["quality_metric"] for r in mine}))
         ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric,
                xscale="log")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="lower right")   # "best" searches every point: slow with many rows
     return ("Latency vs quality per node (Pareto set ringed)", _svg(fig, "lat-q"))
 
 
@@ -102,7 +102,7 @@ def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
         ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=node, alpha=0.8)
     ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)",
            ylabel="p50 latency (ms, log scale)", yscale="log")
-    ax.legend(fontsize=8, title="node")
+    ax.legend(fontsize=8, title="node", loc="upper right")
     return ("Size vs latency", _svg(fig, "size-lat"))
 
 

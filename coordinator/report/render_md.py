@@ -5,7 +5,7 @@ from typing import Sequence
 
 from fleetbench.coordinator.report.compose import Report
 
-NUMERIC = {"bs", "size MB", "zstd MB", "p50 ms", "p99 ms", "RAM MB", "RAM +MB", "VRAM MB", "agree",
+NUMERIC = {"quality", "bs", "size MB", "zstd MB", "p50 ms", "p99 ms", "RAM MB", "RAM +MB", "VRAM MB", "agree",
            "size ×", "p50 ×", "F1 ±", "items/s", "drop"}
 
 

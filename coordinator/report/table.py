@@ -12,8 +12,8 @@ NULL = "-"
 COURSE = ("compression", "backend", "device", "dtype", "bs", "size MB", "zstd MB", "p50 ms",
           "RAM MB", "RAM +MB", "VRAM MB", "P / R / F1", "agree", "size ×", "p50 ×", "F1 ±", "")
 NOT_MEASURED = ("model", "compression", "backend", "device", "bs", "status", "stage", "reason")
-BEST = ("node", "hardware", "model", "bs", "compression", "backend", "device", "dtype", "p50 ms",
-        "p99 ms", "items/s", "size MB", "quality", "drop", "why")
+BEST = ("node", "hardware", "model", "bs", "configuration", "p50 ms", "p99 ms", "items/s", "size MB",
+        "quality", "drop", "why")
 
 
 def mb(v: Any) -> str:
@@ -65,10 +65,11 @@ def not_measured_cells(r: dict[str, Any]) -> list[str]:
 def best_cells(p: Pick, hardware: Optional[str]) -> list[str]:
     r = p.row
     if r is None:
-        return [p.node, hardware or NULL, p.model, str(p.batch_size or NULL)] + [NULL] * 10 + [p.why]
+        return [p.node, hardware or NULL, p.model, str(p.batch_size or NULL)] + [NULL] * 7 + [p.why]
     metric = r.get("quality_metric") or "quality"
-    return [p.node, hardware or NULL, p.model, str(r["batch_size"]), r["compression"], r["backend"],
-            r["device"], r.get("dtype") or NULL, ms(r.get("latency_p50_ms")), ms(r.get("latency_p99_ms")),
+    config = f"{r['compression']} · {r['backend']}:{r['device']} {r.get('dtype') or ''}".strip()
+    return [p.node, hardware or NULL, p.model, str(r["batch_size"]), config,
+            ms(r.get("latency_p50_ms")), ms(r.get("latency_p99_ms")),
             f"{r['throughput_ips']:.1f}" if r.get("throughput_ips") is not None else NULL,
             mb(r.get("size_mb")), f"{metric} {q4(r.get('quality'))}", diff(r.get("quality_drop")), p.why]
 

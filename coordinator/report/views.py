@@ -34,13 +34,14 @@ CREATE OR REPLACE {temp} VIEW course AS
 --                     change against the `none` row of the same run, node, model, backend,
 --                     device and batch size (ratios; f1_diff is a difference)
 --   speedup_vs_eager  eager fp32 p50 (same device, else cpu; same batch size) / this p50
-WITH named AS (
-    SELECT r.*, {valid} AS valid_row,
-           coalesce(n.node_key, r.hostname, r.node_id) AS node,
-           concat_ws(', ', n.cpu_model, CAST(n.cores AS VARCHAR) || ' cores',
-                     nullif(array_to_string(json_extract_string(n.gpus, '$[*].name'), ', '), ''))
-               AS hardware
-    FROM results AS r LEFT JOIN nodes AS n ON n.run_id = r.run_id AND n.node_id = r.node_id
+WITH hw AS (   -- per node and run, not per row: the JSON is parsed once per node
+    SELECT run_id, node_id, node_key,
+           concat_ws(', ', cpu_model, CAST(cores AS VARCHAR) || ' cores',
+                     nullif(array_to_string(json_extract_string(gpus, '$[*].name'), ', '), '')) AS hardware
+    FROM nodes
+), named AS (
+    SELECT r.*, {valid} AS valid_row, coalesce(n.node_key, r.hostname, r.node_id) AS node, n.hardware
+    FROM results AS r LEFT JOIN hw AS n ON n.run_id = r.run_id AND n.node_id = r.node_id
 ), ok AS (
     SELECT * FROM named WHERE status = 'ok' AND valid_row
 ), base AS (
