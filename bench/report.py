@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -83,22 +84,24 @@ def generate(db: Path, runs: int, rows: int) -> tuple[str, str]:
 CHILD = """
 import resource, sys, time
 from fleetbench.coordinator.cli import main
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 code = main(sys.argv[1:])
-print(f"@@ {code} {time.perf_counter() - t:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+print(f"@@ {code} {time.perf_counter() - t:.3f} {time.process_time() - c:.3f} "
+      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 """
 
 
-def timed(*args: str) -> tuple[int, float, float, float]:
-    """(exit code, seconds inside main, peak RSS MB, seconds for the whole process) of one CLI call."""
+def timed(*args: str) -> tuple[int, float, float, float, float]:
+    """(exit code, seconds inside main, CPU seconds inside main, peak RSS MB, seconds for the whole
+    process) of one CLI call. CPU seconds say what the command costs when the machine is busy."""
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, cwd=ROOT)
     whole = time.perf_counter() - t
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("@@ ")), None)
     if line is None:
         raise SystemExit(f"{args[0]} failed: {p.stderr[-2000:]}")
-    code, secs, rss = line.split()[1:]
-    return int(code), float(secs), float(rss), whole
+    code, secs, cpu, rss = line.split()[1:]
+    return int(code), float(secs), float(cpu), float(rss), whole
 
 
 def write_cost(db: Path, writes: int, gap_s: float) -> tuple[float, float]:
@@ -146,13 +149,15 @@ def main() -> None:
         t = time.perf_counter()
         a, b = generate(db, args.runs, args.rows)
         print(f"generated in {time.perf_counter() - t:.1f} s")
-        code, secs, rss, whole = timed("report", "--db", str(db), "--html", f"{tmp}/r.html", "--md", f"{tmp}/r.md",
-                                       "--quiet")
-        print(f"report  (latest run, HTML + Markdown): {secs:.2f} s in the command, {whole:.2f} s with "
-              f"interpreter start, peak RSS {rss:.0f} MB  (goal < 5 s, < 500 MB)  exit {code}")
-        code, secs, rss, whole = timed("compare", a, b, "--db", str(db))
-        print(f"compare (last two runs):               {secs:.2f} s in the command, {whole:.2f} s with "
-              f"interpreter start, peak RSS {rss:.0f} MB  (goal < 2 s, < 500 MB)  exit {code}")
+        print(f"load average while measuring: {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
+              f"on {os.cpu_count()} CPUs")
+        code, secs, cpu, rss, whole = timed("report", "--db", str(db), "--html", f"{tmp}/r.html", "--md",
+                                            f"{tmp}/r.md", "--quiet")
+        print(f"report  (latest run, HTML + Markdown): {secs:.2f} s wall ({cpu:.2f} s CPU) in the command, "
+              f"{whole:.2f} s with interpreter start, peak RSS {rss:.0f} MB  (goal < 5 s, < 500 MB)  exit {code}")
+        code, secs, cpu, rss, whole = timed("compare", a, b, "--db", str(db))
+        print(f"compare (last two runs):               {secs:.2f} s wall ({cpu:.2f} s CPU) in the command, "
+              f"{whole:.2f} s with interpreter start, peak RSS {rss:.0f} MB  (goal < 2 s, < 500 MB)  exit {code}")
         for gap, what in ((0.0, "rows back to back (file held)"), (0.7, "rows 0.7 s apart (file closed between)")):
             store_ms, held_ms = write_cost(db, args.writes, gap)
             print(f"store CPU per row, {what}: {store_ms:.1f} ms vs {held_ms:.1f} ms on a connection held "

@@ -26,6 +26,16 @@ def _plt():
     return plt
 
 
+def _plain_log(ax, axis: str) -> None:
+    """Log scale with plain tick labels (0.1, 1, 10): the default 10^x labels go through mathtext, slowly."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    which.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    which.set_minor_formatter(NullFormatter())
+
+
 def _svg(fig, salt: str) -> str:
     import matplotlib
     plt = _plt()
@@ -46,7 +56,8 @@ def _ok(rows: list[dict[str, Any]], *need: str) -> list[dict[str, Any]]:
 def _grid(plt, n: int, height: float = 3.6):
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH_IN, height * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH_IN, height * rows), squeeze=False)
+    fig.subplots_adjust(left=0.14, right=0.98, top=1 - 0.5 / (height * rows), bottom=0.6 / (height * rows), wspace=0.45, hspace=0.9 / height)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
@@ -83,8 +94,8 @@ def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[
                 ax.annotate(r["compression"], (r["latency_p50_ms"], r["quality"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
         metric = "/".join(sorted({r["quality_metric"] for r in mine}))
-        ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric,
-               xscale="log")
+        ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric)
+        _plain_log(ax, "x")
         ax.legend(fontsize=7, loc="lower right")   # "best" searches every point: slow with many rows
     return ("Latency vs quality per node (Pareto set ringed)", _svg(fig, "lat-q"))
 
@@ -96,12 +107,14 @@ def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     plt = _plt()
     bs = min(r["batch_size"] for r in pts)
     pts = [r for r in pts if r["batch_size"] == bs]
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.92, bottom=0.12)
     for node in _nodes(pts):
         mine = [r for r in pts if r["node"] == node]
         ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=node, alpha=0.8)
     ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)",
-           ylabel="p50 latency (ms, log scale)", yscale="log")
+           ylabel="p50 latency (ms, log scale)")
+    _plain_log(ax, "y")
     ax.legend(fontsize=8, title="node", loc="upper right")
     return ("Size vs latency", _svg(fig, "size-lat"))
 
@@ -122,13 +135,15 @@ def speedup(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
         ax.barh([_label(r) for r in mine], [v - 1 for v in values], left=1,   # bars grow from ×1 either way
                 color=["seagreen" if v >= 1 else "indianred" for v in values])
         ax.axvline(1.0, color="black", lw=0.8)
-        ax.set(title=f"{node}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50, log scale)",
-               xscale="log")
+        ax.set(title=f"{node}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50, log scale)")
+        _plain_log(ax, "x")
         ax.tick_params(axis="y", labelsize=7)
     return ("Speed-up over eager fp32 per node", _svg(fig, "speedup"))
 
 
 def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -> Optional[tuple[str, str]]:
+    """Per row: p5-p95 as a thin line, the quartiles as a thick one, the median as a tick (3 artists a node)."""
+    import numpy as np
     pts = [r for r in _ok(rows) if samples.get(r["job_id"])]
     if not pts:
         return None
@@ -140,10 +155,15 @@ def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -
     fig, axes = _grid(plt, len(nodes), height=max(2.5, 0.22 * most + 1.0))
     for ax, node in zip(axes, nodes):
         mine = sorted((r for r in pts if r["node"] == node), key=lambda r: r["latency_p50_ms"] or 0)
-        ax.boxplot([samples[r["job_id"]] for r in mine], orientation="horizontal", showfliers=False, widths=0.6)
-        ax.set_yticks(range(1, len(mine) + 1), [_label(r) for r in mine], fontsize=7)
-        ax.set(title=f"{node}: latency samples, batch {bs} (box: quartiles, whiskers: 1.5 IQR)",
-               xlabel="latency (ms)", xscale="log")
+        q = np.array([np.percentile(samples[r["job_id"]], [5, 25, 50, 75, 95]) for r in mine])
+        y = np.arange(len(mine))
+        ax.hlines(y, q[:, 0], q[:, 4], color="steelblue", lw=1, label="p5 – p95")
+        ax.hlines(y, q[:, 1], q[:, 3], color="steelblue", lw=6, label="p25 – p75")
+        ax.scatter(q[:, 2], y, marker="|", s=80, color="black", zorder=3, label="median")
+        ax.set_yticks(y, [_label(r) for r in mine], fontsize=7)
+        ax.set(title=f"{node}: latency samples, batch {bs}", xlabel="latency (ms, log scale)")
+        _plain_log(ax, "x")
+        ax.legend(fontsize=7, loc="lower right")
     return ("Latency distribution of each row", _svg(fig, "dist"))
 
 
