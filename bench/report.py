@@ -82,12 +82,13 @@ def generate(db: Path, runs: int, rows: int) -> tuple[str, str]:
 
 
 CHILD = """
-import resource, sys, time
+import sys, time
 from fleetbench.coordinator.cli import main
 t, c = time.perf_counter(), time.process_time()
 code = main(sys.argv[1:])
-print(f"@@ {code} {time.perf_counter() - t:.3f} {time.process_time() - c:.3f} "
-      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork and exec)
+hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+print(f"@@ {code} {time.perf_counter() - t:.3f} {time.process_time() - c:.3f} {hwm / 1024:.0f}")
 """
 
 
