@@ -4,6 +4,6 @@
 change against the `none` row) and `hardware` (the same configuration on every node side by side);
 `recommend` picks per node from `course` rows; `render_*` and `plots` only draw those rows.
 """
-from fleetbench.coordinator.report.tables import fleet_table
+from fleetbench.coordinator.report.fleet import fleet_table
 
 __all__ = ["fleet_table"]
