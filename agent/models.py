@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def weights_cache_dir() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE", Path.home() / ".cache" / "fleetbench")) / "weights"
+    return Path(os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench") / "weights"
 
 
 def materialise_weights(data: bytes, sha256: str, suffix: str) -> Path:

@@ -164,6 +164,10 @@ def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, ne
     """Dataset, fp32 model, and the fp32 eager model's predictions (the agreement reference)."""
     from fleetbench.agent.data import load_dataset
     data = load_dataset(job.dataset, tuple(job.model.input_size))
+    if data.classes is not None and len(data.classes) > job.model.num_classes:
+        raise StageError("load", f"{job.dataset.path}: {len(data.classes)} class folders but "
+                                 f"num_classes is {job.model.num_classes}: labels {job.model.num_classes}.."
+                                 f"{len(data.classes) - 1} are outside the model's classes")
     if not needs_model:
         return data, None, None, None
     checkpoint = None

@@ -160,7 +160,8 @@ def idle_cpu_ms_per_s(address: str, me, seconds: float = 5.0) -> float:
 
 def report(args, n_jobs, counts, stored, samples, cpu_total, t_total, db, idle, store_cpu) -> None:
     import duckdb
-    con = duckdb.connect(str(db), read_only=True)
+    con = duckdb.connect(str(db), read_only=True, config={"autoinstall_known_extensions": False,
+                                                          "autoload_known_extensions": False})
     rows = con.execute("SELECT job_id, node_id, started_at, finished_at, wall_s, status FROM results").fetchall()
     con.close()
     done_at = dict(stored)

@@ -1,4 +1,4 @@
-"""`coordinator run | validate | query | nodes`: the entry point where the user types."""
+"""`coordinator run | validate | query | nodes | report | best | runs | compare | schema | migrate`."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,16 @@ from typing import Optional
 from fleetbench.shared.errors import FleetError, SweepError
 
 log = logging.getLogger("coordinator")
-EXIT_BAD_INPUT = 2
+EXIT_OK = 0            # every row ok or unsupported
+EXIT_FAILED_ROWS = 1   # the run finished and at least one row failed (or the fleet could not be used)
+EXIT_BAD_INPUT = 2     # refused before anything ran: sweep file, --db, model or dataset files, arguments
+EXIT_SIGINT = 130      # interrupted by Ctrl-C (128 + SIGINT); rows stored so far are kept
+EXIT_SIGTERM = 143     # stopped by SIGTERM (128 + SIGTERM); rows stored so far are kept
+EXIT_CODES = f"""exit status:
+  {EXIT_OK}    every row ok or unsupported
+  {EXIT_FAILED_ROWS}    at least one row failed (the run went on; see the failed rows' stage and error)
+  {EXIT_BAD_INPUT}    input refused before anything ran (one line per problem: file:line:column, field)
+  {EXIT_SIGINT}  interrupted (Ctrl-C); {EXIT_SIGTERM} stopped (SIGTERM): finished rows kept, continue with --resume"""
 
 
 EPILOGS = {
@@ -26,8 +35,13 @@ EPILOGS = {
   coordinator run examples/sweep.yaml
   coordinator run sweep.yaml --db fleet.duckdb --address ray://head:10001
   coordinator run sweep.yaml --resume                 skip jobs already ok in the latest run""",
-    "validate": """example:
-  coordinator validate examples/sweep.yaml""",
+    "validate": """examples:
+  coordinator validate examples/sweep.yaml
+  coordinator validate sweep.yaml --db fleet.duckdb --address ray://head:10001""",
+    "schema": """example:
+  coordinator schema > sweep.schema.json""",
+    "migrate": """example:
+  coordinator migrate --db results.duckdb""",
     "query": """examples:
   coordinator query "SELECT * FROM course WHERE status = 'ok'"
   coordinator query -f my.sql --format csv --output rows.csv
@@ -60,36 +74,36 @@ def _percent(text: str) -> float:
     return value
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("fleetbench")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _parser() -> argparse.ArgumentParser:
+    from fleetbench.coordinator.store import fleetbench_version
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="coordinator", formatter_class=fmt, epilog=EPILOGS["main"],
+    parser = argparse.ArgumentParser(prog="coordinator", formatter_class=fmt,
+                                     epilog=EPILOGS["main"] + "\n\n" + EXIT_CODES,
                                      description="fleetbench: benchmark exported and compressed vision "
                                                  "models across a fleet of machines")
-    parser.add_argument("--version", action="version", version=f"fleetbench {_version()}")
+    parser.add_argument("--version", action="version", version=f"fleetbench {fleetbench_version()}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str):
-        return sub.add_parser(name, help=help, description=help, epilog=EPILOGS[name], formatter_class=fmt)
+    def add(name: str, help: str, epilog: str = ""):
+        return sub.add_parser(name, help=help, description=help, formatter_class=fmt,
+                              epilog=EPILOGS[name] + ("\n\n" + epilog if epilog else ""))
 
     def db(p):
         p.add_argument("--db", default="results.duckdb", help="DuckDB results file (default: results.duckdb)")
 
-    run = add("run", "run a sweep and store its rows")
+    run = add("run", "run a sweep and store its rows", EXIT_CODES)
     run.add_argument("sweep", help="path to sweep.yaml")
     db(run)
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
     run.add_argument("--resume", action="store_true", help="continue the sweep's latest run: skip jobs already ok")
     run.add_argument("--no-progress", action="store_true", help="no progress display")
-    val = add("validate", "check a sweep file without running it")
+    val = add("validate", "check a sweep file and everything `run` checks before the fleet starts")
     val.add_argument("sweep", help="path to sweep.yaml")
+    val.add_argument("--db", default="results.duckdb", help="results file `run` would write (checked, not written)")
+    val.add_argument("--address", help="also check `targets` against this running Ray cluster")
+    add("schema", "print the JSON Schema of a sweep file (for editors)")
+    mig = add("migrate", "upgrade a results file of an older fleetbench (one transaction)")
+    db(mig)
     q = add("query", "run one read-only SQL statement on the results; print or export its rows")
     q.add_argument("sql", nargs="?", help="the SQL (omit it, or give -, to read it from stdin)")
     q.add_argument("-f", "--file", help="read the SQL from this file")
@@ -137,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("run", "validate", "query", "nodes", "report", "best", "runs", "compare")
+COMMANDS = ("run", "validate", "query", "nodes", "report", "best", "runs", "compare", "schema", "migrate")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -146,25 +160,63 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return globals()[f"_{args.cmd}"](args)
     except SweepError as e:
-        print(f"coordinator: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"coordinator: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FleetError as e:
         print(f"coordinator: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # `coordinator schema | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("coordinator: interrupted; rows stored so far are kept (continue with --resume)", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
 
 
 def _validate(args) -> int:
-    from fleetbench.coordinator.run import check_inputs
-    from fleetbench.shared.sweep import load_sweep
-    sweep = load_sweep(args.sweep)
-    check_inputs(sweep, Path(args.sweep))
+    from fleetbench.coordinator.run import preflight
+    sweep = preflight(args.sweep, db=args.db).sweep
     per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes))
     print(f"{args.sweep}: ok — sweep {sweep.name!r}: {len(sweep.models)} model(s) x {len(sweep.compression)} "
           f"compression x {len(sweep.backends)} backend(s) x {len(sweep.batch_sizes)} batch size(s) "
           f"= {per_node} jobs per node and device; targets {', '.join(sweep.targets)}")
+    if not args.address:
+        print("targets: not checked against a fleet (give --address to check them against a running cluster)")
+        return 0
+    from fleetbench.coordinator import cluster
+    from fleetbench.coordinator.plan import select_nodes
+    where = cluster.connect(args.address)
+    try:
+        profiles = cluster.discover()
+    finally:
+        cluster.disconnect()
+    try:
+        chosen = select_nodes(sweep.targets, profiles)
+    except SweepError as e:
+        raise SweepError(f"{args.sweep}: {e}") from None
+    print(f"targets: ok on {where}: {len(chosen)} of {len(profiles)} node(s) selected")
+    return 0
+
+
+def _schema(args) -> int:
+    from fleetbench.shared.sweep import sweep_json_schema
+    print(json.dumps(sweep_json_schema(), indent=2))
+    return 0
+
+
+def _migrate(args) -> int:
+    from fleetbench.coordinator.store import SCHEMA_VERSION, Store, StoreError, inspect
+    try:
+        before = inspect(args.db, for_write=True)
+        if not Path(args.db).exists():
+            raise StoreError(f"{args.db}: no such results database")
+        with Store(args.db):
+            pass
+    except StoreError as e:
+        raise SweepError(f"--db {e}") from None
+    print(f"{args.db}: schema {SCHEMA_VERSION}" + (" (already)" if before == SCHEMA_VERSION else
+                                                    f" (migrated from schema {before})"))
     return 0
 
 
@@ -176,7 +228,7 @@ def _read_sql(args) -> str:
             return Path(args.file).read_text()
         except OSError as e:
             raise SweepError(f"{args.file}: cannot read the SQL file: {e.strerror}") from None
-    if args.sql and args.sql != "-":
+    if args.sql is not None and args.sql != "-":
         return args.sql
     if sys.stdin.isatty():
         raise SweepError("query: no SQL given (an argument, -f FILE, or on stdin)")
@@ -195,7 +247,13 @@ def _query(args) -> int:
     if args.output:
         from fleetbench.coordinator.report.write import check_writable
         check_writable(args.output)
-    columns, rows = query(args.db, sql)
+    from fleetbench.shared.errors import StoreError
+    try:
+        columns, rows = query(args.db, sql)
+    except StoreError as e:
+        if "is busy" in str(e):
+            raise
+        raise SweepError(str(e)) from None
     if args.output:
         export(columns, rows, args.format, args.output)
         print(f"{args.output}: {len(rows)} row(s), {len(columns)} column(s) ({args.format})", file=sys.stderr)
@@ -275,7 +333,9 @@ def _run(args) -> int:
     from fleetbench.coordinator.run import run_sweep
     summary = run_sweep(args.sweep, db=args.db, address=args.address, resume=args.resume,
                         progress=not args.no_progress)
-    return 0 if summary is not None else 1
+    if summary is None:
+        return EXIT_FAILED_ROWS
+    return EXIT_FAILED_ROWS if summary.get("failed") else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -37,7 +37,12 @@ def connect(address: Optional[str] = None) -> str:
         except Exception as e:
             raise FleetError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
         return address
-    ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1}, **common)
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", resources={SLOT: 1}, **common)
+    except Exception as e:
+        from fleetbench.shared.errors import one_line
+        raise FleetError(f"cannot start the embedded Ray cluster ({one_line(e)}); check free space in the "
+                         "temp folder and the file-size limit (ulimit -f)") from e
     return "embedded"
 
 

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from fleetbench.coordinator import cluster
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
 from fleetbench.coordinator.report import fleet_table
-from fleetbench.shared.errors import SweepError
+from fleetbench.shared.errors import StoreError, SweepError
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep
 
@@ -31,30 +32,119 @@ def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
             raise SweepError(f"{sweep_path}: models[{i}].{field}: {path}: no such file")
         files[m.name] = path
     ds = sweep.dataset
-    if ds.kind == "imagefolder" and not resolve_local(ds.path, sweep_path.parent).is_dir():
-        raise SweepError(f"{sweep_path}: dataset.path: {ds.path}: no such directory")
+    if ds.kind == "imagefolder":
+        folder = resolve_local(ds.path, sweep_path.parent)
+        if not folder.is_dir():
+            raise SweepError(f"{sweep_path}: dataset.path: {ds.path}: no such directory")
+        classes = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        for i, m in enumerate(sweep.models):
+            if len(classes) > m.num_classes:
+                raise SweepError(f"{sweep_path}: dataset.path: {ds.path}: {len(classes)} class folders but "
+                                 f"models[{i}].num_classes is {m.num_classes} (labels {m.num_classes}.."
+                                 f"{len(classes) - 1} would be outside the model's classes)")
     return files
 
 
-def _payload(path: Path) -> bytes:
-    """The bytes shipped to agents: the file itself, or for ONNX the model with its external data inlined."""
-    if path.suffix != ".onnx":
-        return path.read_bytes()
-    import onnx
+def check_cache() -> None:
+    """$FLEETBENCH_CACHE, when set, must be a folder this user can write (or one it can create)."""
+    value = os.environ.get("FLEETBENCH_CACHE")
+    if not value:
+        return
+    path = Path(value).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SweepError(f"FLEETBENCH_CACHE={value}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SweepError(f"FLEETBENCH_CACHE={value}: {probe} is not writable by this user")
+
+
+@dataclass
+class Checked:
+    """A sweep and everything about it that was checked before the fleet starts."""
+    sweep: Sweep
+    files: dict[str, Path] = field(default_factory=dict)
+    payloads: dict[str, bytes] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+MIN_FILE_SIZE_LIMIT = 1 << 30   # Ray's logs and object spilling, engine caches and the results file
+
+
+def check_file_size_limit() -> None:
+    """A small `ulimit -f` makes Ray's start time out after a long wait: refuse it up front."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_FILE_SIZE_LIMIT:
+        raise SweepError(f"the file-size limit (ulimit -f) is {soft // 1024} KiB: Ray, the engine caches and the "
+                         f"results database need files of at least {MIN_FILE_SIZE_LIMIT >> 20} MiB; raise it "
+                         "(ulimit -f unlimited)")
+
+
+def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -> Checked:
+    """Every check that needs no fleet, in the order a user would fix them; raises SweepError.
+
+    `run` and `validate` both call this, so `validate` passes exactly what `run` accepts up to the
+    fleet (a target matching no node is found when the fleet is known: `validate --address`).
+    """
+    sweep = load_sweep(sweep_path)
+    files = check_inputs(sweep, Path(sweep_path))
+    fields = {m.name: f"{sweep_path}: models[{i}].{'checkpoint' if m.checkpoint else 'source'}"
+              for i, m in enumerate(sweep.models)}
+    payloads = {name: _payload(path, fields[name]) for name, path in files.items()}   # before Ray starts
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
+    check_cache()
+    check_file_size_limit()
+    if db is not None:
+        check_db(db, sweep.name if resume else None)
+    return Checked(sweep, files, payloads, hashes)
+
+
+def check_db(db: str, resume_sweep: Optional[str] = None) -> None:
+    """The results database can be written (new, empty, this version or an older one to migrate)."""
+    from fleetbench.coordinator import store
     try:
+        version = store.inspect(db, for_write=True)
+        if resume_sweep is None:
+            return
+        if version == 0:
+            raise SweepError(f"--resume: {db} has no earlier run of sweep {resume_sweep!r}; "
+                             "nothing to resume (run without --resume to start one)")
+        con = store._connect(Path(db), read_only=True)
+        try:
+            found = con.execute("SELECT count(*) FROM sweeps WHERE sweep = ?", [resume_sweep]).fetchone()[0]
+        finally:
+            con.close()
+        if not found:
+            raise SweepError(f"--resume: {db} has no earlier run of sweep {resume_sweep!r}; "
+                             "nothing to resume (run without --resume to start one)")
+    except StoreError as e:
+        raise SweepError(f"--db {e}") from None
+
+
+def _payload(path: Path, where: str = "") -> bytes:
+    """The bytes shipped to agents: the file itself, or for ONNX the model with its external data inlined
+    (ONNX refuses external data outside the model's folder)."""
+    from fleetbench.shared.errors import one_line
+    where = f"{where}: " if where else ""
+    try:
+        if path.suffix != ".onnx":
+            return path.read_bytes()
+        import onnx
         return onnx.load(str(path)).SerializeToString()
     except Exception as e:
-        raise SweepError(f"{path}: cannot read ONNX model ({type(e).__name__}: {e})") from None
+        raise SweepError(f"{where}{path}: cannot read {'ONNX model' if path.suffix == '.onnx' else 'file'} "
+                         f"({one_line(e)})") from None
 
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
               resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
     from fleetbench.coordinator.store import Store
-    sweep = load_sweep(sweep_path)
-    files = check_inputs(sweep, Path(sweep_path))
-    payloads = {name: _payload(path) for name, path in files.items()}   # a bad file fails before Ray starts
-    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
+    checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
+    from fleetbench.coordinator import cluster              # imports Ray: only for a sweep that will run
+    sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})

@@ -3,7 +3,15 @@
 Tables: `sweeps` (one row per run), `nodes` (one row per node per run) and `results`, whose
 columns are derived from the fields of `shared.job.Result` (so a new Result field becomes a new
 column, added with ALTER TABLE to files written by older versions). The `comparison` view pivots
-the latest run of every sweep per hardware; see `COMPARISON_SQL`.
+the latest run of every sweep per hardware; see `COMPARISON_SQL`. A `meta` table records the
+application, the schema version and the fleetbench version that last wrote the file.
+
+Every file is classified before anything is written to it (`inspect`): a file that is not DuckDB
+(SQLite, random bytes), a DuckDB file of another application or one written by a newer fleetbench
+is refused in one line; an older fleetbench's file is migrated in one transaction when opened for
+writing, and refused with the upgrade command when opened read-only. No connection installs or
+loads a DuckDB extension; `query`'s connection also has external access off and its
+configuration locked.
 
 DuckDB allows one process to have a file open for writing, and a read-only connection in another
 process also blocks the writer. So the store keeps the file open only while rows keep coming: it
@@ -21,6 +29,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -154,18 +163,146 @@ def _to_timestamp(value: Any) -> Optional[dt.datetime]:
     return stamp
 
 
+SCHEMA_VERSION = 2   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
+APPLICATION = "fleetbench"
+_OWN_TABLES = frozenset({"sweeps", "nodes", "results"})
+_SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+_QUERY_CONFIG = {**_SAFE_CONFIG, "enable_external_access": False, "allow_community_extensions": False,
+                 "lock_configuration": True}
+_META_DDL = "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)"
+
+
+def fleetbench_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("fleetbench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _sniff(path: Path) -> None:
+    """Refuse, without opening it in DuckDB, a file that is not a DuckDB database."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except IsADirectoryError:
+        raise StoreError(f"{path}: is a directory, not a results database") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read ({exc.strerror})") from None
+    if head.startswith(b"SQLite format 3"):
+        raise StoreError(f"{path}: is a SQLite database, not a fleetbench results database; refused")
+    if not head:
+        raise StoreError(f"{path}: empty file, not a DuckDB database; remove it or name another --db")
+    if head[8:12] != b"DUCK":
+        raise StoreError(f"{path}: not a DuckDB database (unrecognised content); refused")
+
+
+def check_writable(path: PathLike) -> None:
+    """Everything about the path of a database to be written that can be checked without writing."""
+    import os
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a results database")
+    if not parent.exists():
+        raise StoreError(f"{path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise StoreError(f"{path}: {parent} is not a folder")
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"{path}: not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(f"{path}: not writable by this user")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"{path}: cannot create a file in {parent} (not writable by this user)")
+
+
+def classify(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The fleetbench schema version of an open file: 0 for an empty database, else 1..SCHEMA_VERSION.
+
+    Raises StoreError for another application's database and for a newer fleetbench's.
+    """
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main'").fetchall()}
+    views = {r[0] for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND NOT internal").fetchall()}
+    if not tables and not views:
+        return 0
+    if "meta" in tables:
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if _meta_ok(con) else {}
+        if meta.get("application") != APPLICATION:
+            raise StoreError(f"{path}: a DuckDB database of another application (its meta table is not "
+                             f"fleetbench's); refused, nothing was changed")
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise StoreError(f"{path}: unreadable schema version {meta.get('schema_version')!r}; refused") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: written by a newer fleetbench (schema {version}, "
+                             f"fleetbench {meta.get('fleetbench_version', '?')}); this one reads schema "
+                             f"{SCHEMA_VERSION}: upgrade fleetbench to use it")
+        return version
+    if _OWN_TABLES <= tables and tables <= _OWN_TABLES and views <= {"comparison", "course", "hardware"} and _v1_columns(con):
+        return 1
+    names = ", ".join(sorted(tables | views)[:6])
+    raise StoreError(f"{path}: a DuckDB database of another application (tables: {names}); "
+                     "refused, nothing was changed")
+
+
+def _meta_ok(con) -> bool:
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = 'meta'").fetchall()}
+    return {"key", "value"} <= cols
+
+
+def _v1_columns(con) -> bool:
+    cols = {(r[0], r[1]) for r in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main'").fetchall()}
+    need = {("sweeps", "run_id"), ("sweeps", "sweep"), ("sweeps", "started_at"), ("nodes", "run_id"),
+            ("nodes", "node_id"), ("results", "run_id"), ("results", "job_id"), ("results", "status")}
+    return need <= cols
+
+
+def inspect(path: PathLike, for_write: bool = True) -> int:
+    """Check a database path before anything starts; returns its schema version (0: new or empty).
+
+    Opens an existing file read-only, with extensions off, and changes nothing.
+    """
+    path = Path(path)
+    if for_write:
+        check_writable(path)
+    elif not path.exists():
+        raise StoreError(f"{path}: no such results database")
+    if not path.exists():
+        return 0
+    _sniff(path)
+    con = _connect(path, read_only=True)
+    try:
+        return classify(con, path)
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot read results database: {_first_line(exc)}") from exc
+    finally:
+        con.close()
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc)
     return "Could not set lock" in text or "Conflicting lock" in text
 
 
-def _connect(path: Path, read_only: bool, wait_s: Optional[float] = None) -> duckdb.DuckDBPyConnection:
-    """Open the file, waiting up to `wait_s` while another process has it; DuckDB's errors as StoreError."""
+def _connect(path: Path, read_only: bool, config: Optional[dict] = None,
+             wait_s: Optional[float] = None) -> duckdb.DuckDBPyConnection:
+    """Open the file (never reaching for an extension), waiting up to `wait_s` while another process
+    has it; DuckDB's errors as StoreError."""
     deadline = time.monotonic() + (READ_WAIT_S if wait_s is None else wait_s)
     pause = 0.005
     while True:
         try:
-            return _connect_once(path, read_only)
+            return _connect_once(path, read_only, config)
         except _Busy:
             if time.monotonic() >= deadline:
                 raise
@@ -194,9 +331,9 @@ class _Busy(StoreError):
     """The file is open in another process."""
 
 
-def _connect_once(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect_once(path: Path, read_only: bool, config: Optional[dict] = None) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=dict(config or _SAFE_CONFIG))
     except duckdb.IOException as exc:
         if _is_lock_error(exc):
             who = ("a coordinator is writing it; try again when the sweep ends" if read_only else
@@ -233,7 +370,9 @@ class Store:
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(self.path)
+        if self.path.exists():
+            _sniff(self.path)
         self._lock = threading.Lock()
         self._writer = _take_writer_lock(self.path)
         self._con: Optional[duckdb.DuckDBPyConnection] = None
@@ -242,9 +381,12 @@ class Store:
         self._closer = threading.Thread(target=self._close_when_idle, name="fleetbench-store", daemon=True)
         try:
             with self._connection() as con:
+                self.migrated_from = classify(con, self.path)
                 self._create_schema(con)
-        except duckdb.Error as exc:
+        except (duckdb.Error, StoreError) as exc:
             self.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{self.path}: cannot create the schema: {_first_line(exc)}") from exc
         except BaseException:
             self.close()
@@ -258,6 +400,10 @@ class Store:
         with self._lock:
             self._release()
         if self._writer is not None:
+            try:                          # leave nothing beside the database once the writer is gone
+                os.unlink(f"{self.path}.writer")
+            except OSError:
+                pass
             self._writer.close()          # releases the flock
             self._writer = None
             log.debug("closed results database %s", self.path)
@@ -321,6 +467,23 @@ class Store:
     # -- schema ------------------------------------------------------------------------------
 
     def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create or migrate the tables in one transaction (a failure leaves the file as it was)."""
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._create_tables(con)
+            con.execute(_META_DDL)
+            for key, value in (("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION)),
+                               ("fleetbench_version", fleetbench_version())):
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if self.migrated_from and self.migrated_from < SCHEMA_VERSION:
+            log.warning("%s: migrated the results database from schema %d to %d",
+                        self.path, self.migrated_from, SCHEMA_VERSION)
+
+    def _create_tables(self, con: duckdb.DuckDBPyConnection) -> None:
         schema = result_schema()
         cols = ",\n    ".join(f"{name} {sql}" for name, sql in schema.items())
         con.execute(_SWEEPS_DDL)
@@ -440,13 +603,16 @@ _READ_TYPES = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL"})
 
 def _statement_types(sql: str) -> list[str]:
     """The statement types in `sql`, parsed without opening any file."""
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config=dict(_QUERY_CONFIG))
     try:
         return [st.type.name for st in con.extract_statements(sql)]
     except duckdb.Error as exc:
         raise StoreError(f"invalid SQL: {_first_line(exc)}") from exc
     finally:
         con.close()
+
+
+_EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\b", re.IGNORECASE)
 
 
 def _check_read_only(path: Path, sql: str) -> None:
@@ -459,6 +625,37 @@ def _check_read_only(path: Path, sql: str) -> None:
         raise StoreError(f"{path}: the results database is opened read-only and this "
                          f"{types[0]} statement would write or change state; "
                          f"only SELECT, EXPLAIN, PRAGMA and CALL are allowed")
+    if types[0] == "EXPLAIN":
+        body = _EXPLAIN.sub("", sql.strip(), count=1)
+        inner = _statement_types(body) if body.strip() else []
+        if inner != ["SELECT"]:
+            raise StoreError(f"{path}: EXPLAIN is allowed only around a SELECT "
+                             f"(got {inner[0] if inner else 'nothing'}); nothing was run")
+
+
+def open_read_only(path: PathLike) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a fleetbench results file of this schema version, locked down:
+    no external access (files, network), no extensions, configuration locked."""
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a results database")
+    if not path.is_file():
+        raise StoreError(f"{path}: no such results database")
+    _sniff(path)
+    con = _connect(path, read_only=True, config=_QUERY_CONFIG)
+    try:
+        version = classify(con, path)
+    except BaseException:
+        con.close()
+        raise
+    if version == 0:
+        con.close()
+        raise StoreError(f"{path}: an empty DuckDB database, no fleetbench results in it")
+    if version < SCHEMA_VERSION:
+        con.close()
+        raise StoreError(f"{path}: written by an older fleetbench (schema {version}); upgrade it (one "
+                         f"transaction, rows kept) with: coordinator migrate --db {path}")
+    return con
 
 
 def query(path: PathLike, sql: str) -> tuple[list[str], list[tuple]]:
@@ -468,10 +665,8 @@ def query(path: PathLike, sql: str) -> tuple[list[str], list[tuple]]:
     coordinator is writing it, a statement that would write, and any DuckDB error (its first line).
     """
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"{path}: no such results database")
     _check_read_only(path, sql)
-    con = _connect(path, read_only=True)
+    con = open_read_only(path)
     try:
         cur = con.execute(sql)
         if cur.description is None:

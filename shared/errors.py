@@ -37,3 +37,8 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
     if isinstance(exc, (StageError, Unsupported)):
         msg = first or type(exc).__name__
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """`text` with every character that would start a new line escaped (for one-line messages)."""
+    return "".join(c if len(f"a{c}a".splitlines()) == 1 else repr(c)[1:-1] for c in text)

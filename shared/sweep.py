@@ -1,35 +1,57 @@
 """The sweep file: a strict, typed schema validated once at load.
 
-Every validation error names its path (``models[0].source: unknown scheme 'tim'``).
+Strict means: unknown keys, duplicate keys and wrong types are errors (a bool or a string is not a
+number, a number is not a string), every number is finite and inside the range documented on its
+field (see `coordinator schema`), and every error is reported at once, each as
+``file:line:column: models[0].source: unknown scheme 'tim' (did you mean 'timm'?)``.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
-from fleetbench.shared.errors import SweepError
+from fleetbench.shared.errors import SweepError, printable
 
 BACKENDS = ("pytorch", "torchscript", "onnxruntime", "openvino", "tensorrt", "tflite")
 SOURCE_SCHEMES = ("timm", "python", "onnx")
 DATASET_KINDS = ("digits", "imagefolder", "synthetic")
 HW_KINDS = ("cpu", "nvidia", "intel")
 
+# Documented bounds (also in the JSON Schema and the README's sweep reference).
+MAX_BATCH = 4096
+MAX_CLASSES = 100_000
+MAX_SIDE = 8192
+MAX_SECONDS = 7 * 24 * 3600
+MAX_ITERS = 10_000_000
+MAX_NAME = 200
+
+
+def did_you_mean(value: Any, choices) -> str:
+    """`` (did you mean 'x'?)`` for a near-miss, else ''."""
+    if not isinstance(value, str):
+        return ""
+    near = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
-    name: str = Field(min_length=1)
-    source: str
-    checkpoint: Optional[str] = None
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    source: str = Field(description="timm:<name> | python:<module>:<callable> | onnx:<file>")
+    checkpoint: Optional[str] = Field(default=None, min_length=1)
     pretrained: bool = False
-    num_classes: int = Field(gt=0)
-    input_size: tuple[int, int, int] = (3, 224, 224)
+    num_classes: int = Field(gt=0, le=MAX_CLASSES)
+    input_size: Annotated[tuple[Annotated[int, Field(gt=0, le=MAX_SIDE)], Annotated[int, Field(gt=0, le=MAX_SIDE)],
+                                Annotated[int, Field(gt=0, le=MAX_SIDE)]],
+                          Field(strict=False, description="[channels, height, width]")] = (3, 224, 224)
 
     @field_validator("source")
     @classmethod
@@ -38,16 +60,10 @@ class ModelSpec(_Strict):
         if not sep or not rest:
             raise ValueError(f"expected <scheme>:<target> with scheme one of {', '.join(SOURCE_SCHEMES)}")
         if scheme not in SOURCE_SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r} (valid: {', '.join(SOURCE_SCHEMES)})")
+            raise ValueError(f"unknown scheme {scheme!r}{did_you_mean(scheme, SOURCE_SCHEMES)} "
+                             f"(valid: {', '.join(SOURCE_SCHEMES)})")
         if scheme == "python" and rest.count(":") != 1:
             raise ValueError("python source must be python:<module>:<callable>")
-        return v
-
-    @field_validator("input_size")
-    @classmethod
-    def _positive(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(v) <= 0:
-            raise ValueError("all dimensions must be positive")
         return v
 
     @model_validator(mode="after")
@@ -63,10 +79,10 @@ class ModelSpec(_Strict):
 
 class DatasetSpec(_Strict):
     kind: Literal["digits", "imagefolder", "synthetic"] = "digits"
-    path: Optional[str] = None
-    limit: Optional[int] = Field(default=None, gt=0)
-    calibration: int = Field(default=64, gt=0)
-    seed: int = 0
+    path: Optional[str] = Field(default=None, min_length=1)
+    limit: Optional[int] = Field(default=None, gt=0, le=MAX_ITERS)
+    calibration: int = Field(default=64, gt=0, le=100_000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _path(self) -> "DatasetSpec":
@@ -87,10 +103,21 @@ class CompressionSpec(_Strict):
     clusters: Optional[int] = None
     layers: Literal["all", "conv", "linear"] = "all"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        """`cluster-32` and the other text forms become mappings; a mapping passes as it is."""
+        if isinstance(value, str):
+            return cls._text_fields(value)
+        if not isinstance(value, (dict, CompressionSpec)):
+            raise ValueError(f"expected a string like 'cluster-32' or a mapping, got {_describe(value)}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "CompressionSpec":
         if self.method not in _METHOD_PARAM:
-            raise ValueError(f"unknown method {self.method!r} (valid: {', '.join(_METHOD_PARAM)})")
+            raise ValueError(f"unknown method {self.method!r}{did_you_mean(self.method, _METHOD_PARAM)} "
+                             f"(valid: {', '.join(_METHOD_PARAM)})")
         need = _METHOD_PARAM[self.method]
         given = {k for k in ("percent", "clusters") if getattr(self, k) is not None}
         if need is None and given:
@@ -126,26 +153,31 @@ class CompressionSpec(_Strict):
             return cls(**value)
         if not isinstance(value, str):
             raise ValueError(f"expected a string like 'cluster-32' or a mapping, got {type(value).__name__}")
+        return cls(**cls._text_fields(value))
+
+    @staticmethod
+    def _text_fields(value: str) -> dict:
         if value in _METHOD_PARAM and _METHOD_PARAM[value] is None:
-            return cls(method=value)
-        m = re.fullmatch(r"(prune-channels|prune|cluster)-(\d+(?:\.\d+)?)", value)
+            return {"method": value}
+        m = re.fullmatch(r"(prune-channels|prune|cluster)-(\d{1,9}(?:\.\d{1,9})?)", value)
         if not m:
-            raise ValueError(f"unknown method {value!r} (valid: {', '.join(_METHOD_PARAM)}; "
+            raise ValueError(f"unknown method {value!r}{did_you_mean(value, _METHOD_PARAM)} "
+                             f"(valid: {', '.join(_METHOD_PARAM)}; "
                              "prune-<percent>, prune-channels-<percent>, cluster-<k>)")
         method, num = m.groups()
         if method == "cluster":
             if "." in num:
                 raise ValueError(f"cluster count must be an integer, got {num}")
-            return cls(method=method, clusters=int(num))
-        return cls(method=method, percent=float(num))
+            return {"method": method, "clusters": int(num)}
+        return {"method": method, "percent": float(num)}
 
 
 class MeasureSpec(_Strict):
-    warmup_iters: int = Field(default=10, ge=0)
-    min_iters: int = Field(default=50, gt=0)
-    min_duration_s: float = Field(default=2.0, ge=0)
-    max_duration_s: float = Field(default=30.0, gt=0)
-    threads: Optional[int] = Field(default=None, gt=0)
+    warmup_iters: int = Field(default=10, ge=0, le=MAX_ITERS)
+    min_iters: int = Field(default=50, gt=0, le=MAX_ITERS)
+    min_duration_s: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
+    max_duration_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
+    threads: Optional[int] = Field(default=None, gt=0, le=1024)
 
     @model_validator(mode="after")
     def _order(self) -> "MeasureSpec":
@@ -154,60 +186,48 @@ class MeasureSpec(_Strict):
         return self
 
 
+def _backend(b: str) -> str:
+    if b not in BACKENDS and b != "null":
+        raise ValueError(f"unknown backend {b!r}{did_you_mean(b, BACKENDS)} (valid: {', '.join(BACKENDS)})")
+    return b
+
+
+def _target(t: str) -> str:
+    kind, sep, rest = t.partition(":")
+    if t == "all":
+        return t
+    if not sep or not rest or kind not in ("kind", "node"):
+        raise ValueError(f"bad target {t!r}{did_you_mean(t, ('all',) + tuple('kind:' + k for k in HW_KINDS))} "
+                         "(all | kind:<kind> | node:<hostname or id>)")
+    if kind == "kind" and rest not in HW_KINDS:
+        raise ValueError(f"unknown kind {rest!r}{did_you_mean(rest, HW_KINDS)} (valid: {', '.join(HW_KINDS)})")
+    return t
+
+
+def _device(d: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}", d):
+        raise ValueError(f"bad device {d!r} (auto, cpu, cuda, cuda:1, or a device name a backend reports)")
+    return d
+
+
 class Sweep(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     models: list[ModelSpec] = Field(min_length=1)
     dataset: DatasetSpec = DatasetSpec()
-    compression: list[CompressionSpec] = Field(default_factory=lambda: [CompressionSpec(method="none")])
-    backends: list[str] = Field(min_length=1)
-    devices: list[str] = Field(default_factory=lambda: ["auto"])
-    batch_sizes: list[int] = Field(default_factory=lambda: [1])
-    targets: list[str] = Field(default_factory=lambda: ["all"])
+    compression: list[CompressionSpec] = Field(default_factory=lambda: [CompressionSpec(method="none")],
+                                               min_length=1)
+    backends: list[Annotated[str, AfterValidator(_backend)]] = Field(min_length=1)
+    devices: list[Annotated[str, AfterValidator(_device)]] = Field(default_factory=lambda: ["auto"], min_length=1)
+    batch_sizes: list[Annotated[int, Field(gt=0, le=MAX_BATCH)]] = Field(default_factory=lambda: [1],
+                                                                          min_length=1)
+    targets: list[Annotated[str, AfterValidator(_target)]] = Field(default_factory=lambda: ["all"], min_length=1)
     measure: MeasureSpec = MeasureSpec()
-    timeout_s: float = Field(default=900.0, gt=0)
+    timeout_s: float = Field(default=900.0, gt=0, le=MAX_SECONDS)
 
-    @field_validator("compression", mode="before")
+    @field_validator("backends", "batch_sizes", "devices", "targets")
     @classmethod
-    def _parse_compression(cls, v: Any) -> Any:
-        if not isinstance(v, list):
-            return v
-        out = []
-        for i, item in enumerate(v):
-            try:
-                out.append(CompressionSpec.parse(item))
-            except ValidationError as e:
-                raise ValueError(f"[{i}] {_first_msg(e)}") from None
-            except ValueError as e:
-                raise ValueError(f"[{i}] {e}") from None
-        return out
-
-    @field_validator("backends")
-    @classmethod
-    def _backends(cls, v: list[str]) -> list[str]:
-        for i, b in enumerate(v):
-            if b not in BACKENDS and b != "null":
-                raise ValueError(f"[{i}] unknown backend {b!r} (valid: {', '.join(BACKENDS)})")
+    def _no_repeats(cls, v: list) -> list:
         return _unique(v)
-
-    @field_validator("batch_sizes")
-    @classmethod
-    def _batches(cls, v: list[int]) -> list[int]:
-        if not v or min(v) <= 0:
-            raise ValueError("batch sizes must be positive integers")
-        return _unique(v)
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: list[str]) -> list[str]:
-        for i, t in enumerate(v):
-            kind, sep, rest = t.partition(":")
-            if t == "all":
-                continue
-            if not sep or not rest or kind not in ("kind", "node"):
-                raise ValueError(f"[{i}] bad target {t!r} (all | kind:<kind> | node:<hostname or id>)")
-            if kind == "kind" and rest not in HW_KINDS:
-                raise ValueError(f"[{i}] unknown kind {rest!r} (valid: {', '.join(HW_KINDS)})")
-        return v
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Sweep":
@@ -230,53 +250,141 @@ def _unique(v: list) -> list:
     return v
 
 
-def _loc(loc: tuple) -> str:
+def _loc(loc: tuple) -> tuple:
+    """A pydantic error location as a document path (validator names dropped)."""
+    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "tagged-union")))
+
+
+def show_path(path: tuple) -> str:
+    """`models[0].source`; a key that is not a plain name is quoted: `measure['a b']`."""
     out = ""
-    for part in loc:
+    for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "tagged-union")):
-            continue
-        else:
+        elif re.fullmatch(r"[A-Za-z_<][A-Za-z0-9_>-]{0,63}", str(part)):
             out += ("." if out else "") + str(part)
+        else:
+            out += f"[{str(part)[:40]!r}]"
     return out
 
 
-def _first_msg(e: ValidationError) -> str:
-    err = e.errors()[0]
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "text (quote it)",
+             "bool_type": "true or false", "list_type": "a list", "tuple_type": "a list",
+             "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+             "int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({str(value)[:40]})"
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """The keys allowed in the mapping at `path` (for "did you mean")."""
+    import typing
+    cls: Any = Sweep
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        todo, cls = [field.annotation], None
+        while todo:
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                cls = t
+                break
+            todo.extend(typing.get_args(t))
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def _message(err: dict) -> tuple[tuple, str]:
+    """(document path, message) of one pydantic error."""
+    path, kind = _loc(err["loc"]), err["type"]
     msg = err["msg"].removeprefix("Value error, ")
-    path = _loc(err["loc"])
-    if msg.startswith("[") and "]" in msg:  # list validators put the index in the message
-        idx, _, msg = msg.partition("] ")
-        path += idx + "]"
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
+    if kind == "extra_forbidden":
+        msg = "unknown key" + did_you_mean(path[-1], _fields_at(path[:-1]))
+    elif kind == "missing":
         msg = "required"
-    return f"{path}: {msg}" if path else msg
+    elif kind in _EXPECTED:
+        msg = f"expected {_EXPECTED[kind]}, got {_describe(err.get('input'))}"
+    elif kind == "finite_number":
+        msg = f"must be a finite number, got {err.get('input')!r}"
+    elif kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        msg = f"{err.get('input')!r} is not one of {', '.join(choices)}{did_you_mean(err.get('input'), choices)}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        msg = f"{msg.removeprefix('Input should be ').replace('Input', 'must be')}, got {err.get('input')!r}"
+        msg = msg if msg.startswith("must") else "must be " + msg
+    elif kind == "too_short" and (err.get("ctx") or {}).get("min_length") == 1 and not err.get("input"):
+        msg = "must not be empty"
+    elif kind in ("too_short", "too_long"):
+        msg = msg.replace("List", "list").replace("String", "text").replace("Tuple", "list")
+    if msg.startswith("models: duplicate") or msg.startswith("compression: duplicate"):
+        head, _, msg = msg.partition(": ")
+        path = path + (head,)
+    return path, msg
 
 
-def parse_sweep(data: Any, origin: str = "sweep") -> Sweep:
+def parse_sweep(data: Any, origin: str = "sweep", doc=None) -> Sweep:
+    """Validate `data` (from `read_yaml` when `doc` is given, for line numbers and duplicate keys).
+
+    Raises SweepError whose lines are every error found, each `origin[:line:col]: path: message`.
+    """
+    errors: list[tuple[Optional[tuple[int, int]], str, str]] = []
+    for pos, path, msg in (doc.errors if doc is not None else []):
+        errors.append((pos, show_path(path), msg))
     if not isinstance(data, dict):
-        raise SweepError(f"{origin}: expected a mapping at top level")
-    try:
-        return Sweep(**data)
-    except ValidationError as e:
-        n = e.error_count()
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        raise SweepError(f"{origin}: {_first_msg(e)}{more}") from None
+        got = "an empty file" if data is None else _describe(data)
+        errors.append(((1, 1) if doc is not None else None, "", f"expected a mapping at top level, got {got}"))
+    else:
+        try:
+            sweep = Sweep.model_validate(data)
+        except ValidationError as e:
+            for err in e.errors():
+                path, msg = _message(err)
+                pos = doc.where(path, key=err["type"] == "extra_forbidden") if doc is not None else None
+                errors.append((pos, show_path(path), msg))
+        else:
+            if not errors:
+                return sweep
+    errors.sort(key=lambda e: e[0] or (0, 0))
+    lines = []
+    for pos, path, msg in errors:
+        where = f"{origin}:{pos[0]}:{pos[1]}" if pos else origin
+        lines.append(printable(f"{where}: {path}: {msg}" if path else f"{where}: {msg}"))
+    raise SweepError("\n".join(lines))
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise SweepError(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SweepError(f"{p}: invalid YAML{where}") from None
-    return parse_sweep(data, str(p))
+    """Read and validate a sweep file; SweepError lists every problem, each with its line."""
+    from fleetbench.shared.yamlread import read_yaml
+    doc = read_yaml(path)
+    return parse_sweep(doc.data, str(path), doc)
+
+
+def sweep_json_schema() -> dict:
+    """The JSON Schema of a sweep file (what `coordinator schema` prints, for editors)."""
+    schema = Sweep.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "fleetbench sweep"
+    comp = schema["properties"]["compression"]
+    comp["items"] = {"anyOf": [
+        {"type": "string", "description": "none, fp16, bf16, int8-dynamic, int8-static, prune-<percent>, "
+                                          "prune-channels-<percent>, cluster-<k>"},
+        comp["items"]]}
+    return schema

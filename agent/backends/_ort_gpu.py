@@ -28,7 +28,7 @@ NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(
 
 
 def ort_trt_cache() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE", Path.home() / ".cache" / "fleetbench")) / "ort-tensorrt"
+    return Path(os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench") / "ort-tensorrt"
 
 
 def provider_chain(provider: str, device_id: int = 0) -> list[Any]:

@@ -33,7 +33,7 @@ _FP32_ONNX = ("none", "prune", "prune-channels", "cluster")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FLEETBENCH_CACHE", Path.home() / ".cache" / "fleetbench")) / "tensorrt"
+    return Path(os.environ.get("FLEETBENCH_CACHE") or Path.home() / ".cache" / "fleetbench") / "tensorrt"
 
 
 def _slug(text: str) -> str:

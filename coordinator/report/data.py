@@ -37,12 +37,24 @@ class RunData:
 
 def connect(db: str | Path):
     """A read-only connection with the views installed as TEMP views; bad files are one-line errors."""
-    from fleetbench.coordinator.store import _connect
+    from fleetbench.coordinator.store import SCHEMA_VERSION, _connect, _sniff, classify
+    from fleetbench.shared.errors import StoreError
     path = Path(db)
     if not path.is_file():
         raise SweepError(f"{path}: no such results database")
+    try:
+        _sniff(path)
+    except StoreError as e:
+        raise SweepError(str(e)) from None
     con = _connect(path, read_only=True)
     try:
+        try:
+            version = classify(con, path)
+        except StoreError as e:
+            raise SweepError(str(e)) from None
+        if version and version < SCHEMA_VERSION:
+            raise SweepError(f"{path}: written by an older fleetbench (schema {version}); "
+                             f"upgrade it with: coordinator migrate --db {path}")
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                             "WHERE table_schema = current_schema()").fetchall()}
         if not {"sweeps", "results", "nodes"} <= tables:

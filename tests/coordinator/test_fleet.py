@@ -186,6 +186,12 @@ def test_nodes_command_and_a_selector_matching_nothing(fleet, tmp_path):
     assert "targets[1]: 'kind:nvidia' matches no node" in run.stderr
     assert f"n-cpu[{'+'.join(host_kinds('cpu'))}]" in run.stderr and "n-intel[cpu+intel]" in run.stderr
     assert not db.exists(), "nothing may be written before the sweep is valid"
+    val = coordinator_cli("validate", sweep, "--address", fleet.address, "--db", db)   # agrees with run
+    assert val.returncode == 2 and "targets[1]: 'kind:nvidia' matches no node" in val.stderr, val.stderr
+    ok = coordinator_cli("validate", write_sweep(tmp_path / "one.yaml", targets=["node:n-cpu"]),
+                         "--address", fleet.address, "--db", db)
+    assert ok.returncode == 0 and ok.stdout.splitlines()[-1].endswith(": 1 of 2 node(s) selected"), ok.stdout
+    assert not db.exists()
 
 
 def test_a_worker_that_dies_gives_a_failed_row_with_its_stage(fleet, tmp_path):

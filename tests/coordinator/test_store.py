@@ -312,7 +312,10 @@ def test_query_says_busy_while_the_file_is_held(db: Path, tmp_path: Path, monkey
 
 
 def test_adds_missing_result_column(db: Path) -> None:
-    con = duckdb.connect(str(db))
+    from fleetbench.coordinator.store import _NODES_DDL, _SWEEPS_DDL
+    con = duckdb.connect(str(db))     # a file of an older fleetbench: no meta table, fewer columns
+    con.execute(_SWEEPS_DDL)
+    con.execute(_NODES_DDL)
     con.execute("CREATE TABLE results (run_id VARCHAR, job_id VARCHAR, sweep VARCHAR, "
                 "status VARCHAR, PRIMARY KEY (run_id, job_id))")
     con.execute("INSERT INTO results VALUES ('r0', 'old', 'demo', 'ok')")
@@ -337,9 +340,9 @@ def test_closed_store_refuses(db: Path) -> None:
 def test_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "bad.duckdb"
     path.write_text("not a database")
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match="not a DuckDB database"):
         query(path, "SELECT 1")
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match="not a DuckDB database"):
         Store(path)
 
 

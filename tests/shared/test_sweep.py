@@ -76,7 +76,7 @@ def test_compression_forms_parse_to_canonical_names():
 @pytest.mark.parametrize("over,expect", [
     ({"targets": ["kind:tpu"]}, "targets[0]: unknown kind 'tpu'"),
     ({"targets": ["gpu"]}, "targets[0]: bad target 'gpu'"),
-    ({"batch_sizes": [1, 0]}, "batch_sizes: batch sizes must be positive"),
+    ({"batch_sizes": [1, 0]}, "batch_sizes[1]: must be greater than 0, got 0"),
     ({"batch_sizes": [1, 1]}, "duplicate entry 1"),
     ({"measure": {"min_duration_s": 5, "max_duration_s": 1}}, "measure: max_duration_s must be >= min_duration_s"),
     ({"dataset": {"kind": "imagefolder"}}, "dataset: imagefolder needs path"),
@@ -97,11 +97,11 @@ def test_duplicate_model_names():
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(SweepError, match="cannot read"):
+    with pytest.raises(SweepError, match="missing.yaml: no such file"):
         load_sweep(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(SweepError, match=r"bad.yaml: invalid YAML at line"):
+    with pytest.raises(SweepError, match=r"bad.yaml:2:1: invalid YAML"):
         load_sweep(bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("just text\n")

@@ -151,5 +151,5 @@ def test_query_exports_csv_json_parquet_from_stdin_and_file(demo_db, tmp_path, m
     assert main(["query", sql, "--db", str(db), "--format", "csv", "-o", str(tmp_path / "o.csv")]) == 0
     assert (tmp_path / "o.csv").read_text().splitlines()[0] == "node,compression,latency_p50_ms"
     assert main(["query", sql, "--db", str(db), "--format", "parquet"]) == 2
-    assert main(["query", "COPY results TO 'x.csv'", "--db", str(db), "--format", "csv", "-o", str(tmp_path / "w.csv")]) == 1
+    assert main(["query", "COPY results TO 'x.csv'", "--db", str(db), "--format", "csv", "-o", str(tmp_path / "w.csv")]) == 2
     assert not (tmp_path / "w.csv").exists()
