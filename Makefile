@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,intel,tflite,compress,test
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench readme-figures clean
+.PHONY: install browser demo test lint bench readme-figures clean
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/coordinator run examples/sweep.yaml
 
-test: install
+# The HTML report is tested in Debian's headless chromium.
+browser:
+	scripts/ensure-chromium.sh
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 # ruff (style, imports, bugs, complexity bound), mypy, and no block of 6+ repeated lines in the packages.
@@ -33,6 +37,7 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/fidelity.py
+	$(BIN)/python bench/report.py
 
 # Rerun the sweeps behind the README's tables and rewrite them, labelled with this machine and the command.
 readme-figures: install

@@ -1,4 +1,4 @@
-"""`coordinator run | validate | query | nodes | schema | migrate`: the entry point where the user types."""
+"""`coordinator run | validate | query | nodes | report | best | runs | compare | schema | migrate`."""
 from __future__ import annotations
 
 import argparse
@@ -23,39 +23,136 @@ EXIT_CODES = f"""exit status:
   {EXIT_SIGINT}  interrupted (Ctrl-C); {EXIT_SIGTERM} stopped (SIGTERM): finished rows kept, continue with --resume"""
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+EPILOGS = {
+    "main": """examples:
+  coordinator run examples/sweep.yaml                 run the demo sweep into results.duckdb
+  coordinator report --html report.html --md report.md
+  coordinator best --max-f1-drop 0.01                 one line per node: what to deploy
+  coordinator runs                                    every stored run and its counts
+  coordinator compare RUN_A RUN_B --fail-above 10%    exit 1 on a regression (CI gate)
+  coordinator query "SELECT * FROM hardware"          the same configuration on every node""",
+    "run": """examples:
+  coordinator run examples/sweep.yaml
+  coordinator run sweep.yaml --db fleet.duckdb --address ray://head:10001
+  coordinator run sweep.yaml --resume                 skip jobs already ok in the latest run""",
+    "validate": """examples:
+  coordinator validate examples/sweep.yaml
+  coordinator validate sweep.yaml --db fleet.duckdb --address ray://head:10001""",
+    "schema": """example:
+  coordinator schema > sweep.schema.json""",
+    "migrate": """example:
+  coordinator migrate --db results.duckdb""",
+    "query": """examples:
+  coordinator query "SELECT * FROM course WHERE status = 'ok'"
+  coordinator query -f my.sql --format csv --output rows.csv
+  echo "SELECT * FROM results" | coordinator query --format parquet --output rows.parquet
+views: course (a row per result, named and judged), hardware (nodes side by side), comparison""",
+    "nodes": """example:
+  coordinator nodes --address ray://head:10001 --format json""",
+    "report": """examples:
+  coordinator report                                  the latest run, in the terminal
+  coordinator report --sweep digits-demo --html report.html --md report.md
+  coordinator report --run 20260101T000000.000000Z-abcdef --max-f1-drop 0.005""",
+    "best": """examples:
+  coordinator best --max-f1-drop 0.01
+  coordinator best --max-f1-drop 0.02 --max-size-mb 5 --by throughput""",
+    "runs": """example:
+  coordinator runs --db results.duckdb""",
+    "compare": """examples:
+  coordinator compare RUN_A RUN_B                     exit 1 when a row got slower than 10% and the noise
+  coordinator compare RUN_A RUN_B --fail-above 25%    a looser gate for a noisy shared machine""",
+}
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction or a percentage (e.g. 0.1 or 10%)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
     from fleetbench.coordinator.store import fleetbench_version
-    parser = argparse.ArgumentParser(prog="coordinator", description="fleetbench: benchmark exported and "
-                                     "compressed vision models across a fleet of machines",
-                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="coordinator", formatter_class=fmt,
+                                     epilog=EPILOGS["main"] + "\n\n" + EXIT_CODES,
+                                     description="fleetbench: benchmark exported and compressed vision "
+                                                 "models across a fleet of machines")
     parser.add_argument("--version", action="version", version=f"fleetbench {fleetbench_version()}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run a sweep and store its rows", epilog=EXIT_CODES,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, epilog: str = ""):
+        return sub.add_parser(name, help=help, description=help, formatter_class=fmt,
+                              epilog=EPILOGS[name] + ("\n\n" + epilog if epilog else ""))
+
+    def db(p):
+        p.add_argument("--db", default="results.duckdb", help="DuckDB results file (default: results.duckdb)")
+
+    run = add("run", "run a sweep and store its rows", EXIT_CODES)
     run.add_argument("sweep", help="path to sweep.yaml")
-    run.add_argument("--db", default="results.duckdb", help="DuckDB results file (default: results.duckdb)")
+    db(run)
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
     run.add_argument("--resume", action="store_true", help="continue the sweep's latest run: skip jobs already ok")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    val = sub.add_parser("validate", help="check a sweep file and everything `run` checks before the fleet starts")
-    val.add_argument("sweep")
+    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    val = add("validate", "check a sweep file and everything `run` checks before the fleet starts")
+    val.add_argument("sweep", help="path to sweep.yaml")
     val.add_argument("--db", default="results.duckdb", help="results file `run` would write (checked, not written)")
     val.add_argument("--address", help="also check `targets` against this running Ray cluster")
-    sub.add_parser("schema", help="print the JSON Schema of a sweep file (for editors)")
-    mig = sub.add_parser("migrate", help="upgrade a results file of an older fleetbench (one transaction)")
-    mig.add_argument("--db", default="results.duckdb")
-    q = sub.add_parser("query", help="run one read-only SQL statement on the results")
-    q.add_argument("sql")
-    q.add_argument("--db", default="results.duckdb")
-    q.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
-    nodes = sub.add_parser("nodes", help="print the fleet as the agents' probes see it")
-    nodes.add_argument("--address")
-    nodes.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
-    lg = sub.add_parser("logs", help="print the stored traceback and last output lines of a run's failed jobs")
+    add("schema", "print the JSON Schema of a sweep file (for editors)")
+    mig = add("migrate", "upgrade a results file of an older fleetbench (one transaction)")
+    db(mig)
+    q = add("query", "run one read-only SQL statement on the results; print or export its rows")
+    q.add_argument("sql", nargs="?", help="the SQL (omit it, or give -, to read it from stdin)")
+    q.add_argument("-f", "--file", help="read the SQL from this file")
+    db(q)
+    q.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown", "parquet"),
+                   help="output format (default: table; parquet needs --output)")
+    q.add_argument("--output", "-o", help="write the rows to this file instead of stdout")
+    nodes = add("nodes", "print the fleet as the agents' probes see it")
+    nodes.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
+    nodes.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"),
+                       help="output format (default: table)")
+    rep = add("report", "re-render a stored run: per-hardware tables, cross-hardware view, recommendation")
+    db(rep)
+    which = rep.add_mutually_exclusive_group()
+    which.add_argument("--run", help="run id (default: the latest run)")
+    which.add_argument("--sweep", help="the latest run of this sweep")
+    rep.add_argument("--html", help="write a self-contained HTML report with plots to this file")
+    rep.add_argument("--md", help="write the tables as Markdown to this file")
+    rep.add_argument("--max-f1-drop", type=_percent, default=0.01,
+                     help="quality bound of the recommendation against eager fp32 (default: 0.01)")
+    rep.add_argument("--quiet", action="store_true", help="write the files only, print nothing")
+    best = add("best", "print the recommended configuration: one line per node (and model)")
+    db(best)
+    which = best.add_mutually_exclusive_group()
+    which.add_argument("--run", help="run id (default: the latest run)")
+    which.add_argument("--sweep", help="the latest run of this sweep")
+    best.add_argument("--max-f1-drop", type=_percent, default=0.01,
+                      help="largest quality drop against eager fp32: F1, else accuracy, else top-1 "
+                           "agreement (default: 0.01)")
+    best.add_argument("--max-size-mb", type=float, help="largest model size on disk (MB)")
+    best.add_argument("--by", choices=("p50", "p99", "throughput"), default="p50",
+                      help="what 'fastest' means (default: p50 at the smallest batch size)")
+    best.add_argument("--batch-size", type=int, help="compare this batch size (default: the smallest)")
+    runs = add("runs", "list stored runs with their status and counts")
+    db(runs)
+    cmp = add("compare", "compare two runs of one sweep; exit 1 on a regression")
+    cmp.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
+    cmp.add_argument("run_b", metavar="RUN_B", help="the run to judge")
+    db(cmp)
+    cmp.add_argument("--fail-above", type=_percent, default=0.10,
+                     help="p50 slow-down that counts, when it is also above the noise (default: 10%%)")
+    cmp.add_argument("--max-f1-drop", type=_percent, default=0.01,
+                     help="quality drop that counts (default: 0.01)")
+    cmp.add_argument("--all", action="store_true", help="show every configuration, not only the changed ones")
+    lg = add("logs", "print the stored traceback and last output lines of a run's failed jobs")
     lg.add_argument("run", help="run id (or a unique prefix), or 'last'")
     lg.add_argument("--job", help="only this job id (or a unique prefix)")
-    lg.add_argument("--db", default="results.duckdb")
-    cache = sub.add_parser("cache", help="the nodes' caches (engines, shipped checkpoints)")
+    db(lg)
+    cache = add("cache", "the nodes' caches (engines, shipped checkpoints)")
     csub = cache.add_subparsers(dest="cache_cmd", required=True)
     prune = csub.add_parser("prune", help="remove cache entries not used for --older-than days, on every "
                             "node of --address (one task per node), else on this machine")
@@ -64,11 +161,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                        help="age in days since last use (default 30; 0 removes everything)")
     prune.add_argument("--address", help="Ray cluster whose every node prunes its own cache "
                        "(default: $RAY_ADDRESS, else only this machine)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+COMMANDS = ("run", "validate", "query", "nodes", "report", "best", "runs", "compare", "schema", "migrate",
+            "logs", "cache")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "validate": _validate, "query": _query, "nodes": _nodes, "schema": _schema,
-                "migrate": _migrate, "cache": _cache, "logs": _logs}[args.cmd](args)
+        return globals()[f"_{args.cmd}"](args)
     except SweepError as e:
         for line in str(e).splitlines():
             print(f"coordinator: {line}", file=sys.stderr)
@@ -134,19 +238,45 @@ def _migrate(args) -> int:
     return 0
 
 
+def _read_sql(args) -> str:
+    if args.file:
+        if args.sql:
+            raise SweepError("query: give the SQL either as an argument or with -f, not both")
+        try:
+            return Path(args.file).read_text()
+        except OSError as e:
+            raise SweepError(f"{args.file}: cannot read the SQL file: {e.strerror}") from None
+    if args.sql is not None and args.sql != "-":
+        return args.sql
+    if sys.stdin.isatty():
+        raise SweepError("query: no SQL given (an argument, -f FILE, or on stdin)")
+    return sys.stdin.read()
+
+
 def _query(args) -> int:
     from fleetbench.coordinator.formats import render
+    from fleetbench.coordinator.report.export import export
     from fleetbench.coordinator.store import query
-    from fleetbench.shared.errors import StoreError
-    if not args.sql.strip():
+    sql = _read_sql(args)
+    if not sql.strip():
         raise SweepError("query: empty SQL statement")
+    if args.format == "parquet" and not args.output:
+        raise SweepError("query: --format parquet writes a file: give --output FILE")
+    if args.output:
+        from fleetbench.coordinator.report.write import check_writable
+        check_writable(args.output)
+    from fleetbench.shared.errors import StoreError
     try:
-        columns, rows = query(args.db, args.sql)
+        columns, rows = query(args.db, sql)
     except StoreError as e:
         if "is busy" in str(e):
             raise
         raise SweepError(str(e)) from None
-    print(render(columns, rows, args.format).rstrip("\n"))
+    if args.output:
+        export(columns, rows, args.format, args.output)
+        print(f"{args.output}: {len(rows)} row(s), {len(columns)} column(s) ({args.format})", file=sys.stderr)
+    else:
+        print(render(columns, rows, args.format).rstrip("\n"))
     return 0
 
 
@@ -202,6 +332,57 @@ def _cache(args) -> int:
     for host, folder, n in per_node:
         print(f"{host}: {folder}: removed {n} entries unused for over {args.older_than:g} day(s)")
     return 0
+
+
+def _report(args) -> int:
+    from fleetbench.coordinator.report.write import report
+    report(args.db, run_id=args.run, sweep=args.sweep, html=args.html, md=args.md,
+           max_drop=args.max_f1_drop, quiet=args.quiet)
+    for path in (args.html, args.md):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _best(args) -> int:
+    from fleetbench.coordinator.report import data, table
+    from fleetbench.coordinator.report.recommend import best
+    from fleetbench.coordinator.report.render_term import print_table
+    run = data.load(args.db, args.run, args.sweep)
+    hardware = {r["node"]: r.get("hardware") for r in run.rows}
+    picks = best(run.rows, max_drop=args.max_f1_drop, max_size_mb=args.max_size_mb, by=args.by,
+                 batch_size=args.batch_size)
+    print(f"run {run.run.run_id} of sweep {run.run.sweep}: quality drop <= {args.max_f1_drop:g}"
+          + (f", size <= {args.max_size_mb:g} MB" if args.max_size_mb is not None else "") + f", by {args.by}")
+    print_table(table.BEST, [table.best_cells(p, hardware.get(p.node)) for p in picks])
+    return 0 if any(p.row for p in picks) else 1
+
+
+def _runs(args) -> int:
+    from fleetbench.coordinator.report.render_term import print_table
+    from fleetbench.coordinator.report.runs import COLUMNS, list_runs
+    rows = list_runs(args.db)
+    if not rows:
+        raise SweepError(f"{args.db}: the results database holds no runs yet")
+    print_table(COLUMNS, [[str(v) for v in r] for r in rows])
+    return 0
+
+
+def _compare(args) -> int:
+    from fleetbench.coordinator.report.compare import COLUMNS, cells, compare, is_regression
+    from fleetbench.coordinator.report.render_term import print_table
+    lines = compare(args.db, args.run_a, args.run_b, fail_above=args.fail_above, max_drop=args.max_f1_drop)
+    if not lines:
+        raise SweepError(f"{args.db}: runs {args.run_a} and {args.run_b} share no ok configuration")
+    shown = lines if args.all else [line for line in lines if line.verdict != "same"]
+    if shown:
+        print_table(COLUMNS, [cells(line) for line in shown])
+    bad = [line for line in lines if is_regression(line)]
+    print(f"{len(lines)} configuration(s) compared, {len(lines) - len(shown)} unchanged not shown"
+          f"{'' if args.all else ' (--all shows them)'}; {len(bad)} regression(s) "
+          f"(slower by more than {args.fail_above:.0%} and the noise, or quality down by more than "
+          f"{args.max_f1_drop:g})")
+    return 1 if bad else 0
 
 
 def _run(args) -> int:

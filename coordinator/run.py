@@ -222,7 +222,8 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
         print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
               f"{len(done)} already ok, {len(jobs)} to run", file=out)
         try:
-            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
+            names = {p.node_id: p.node_key for p in the_plan.nodes}
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress, names)
         except KeyboardInterrupt as e:
             stop = signals.interrupted(e)
             store.finish_run(run_id, "interrupted")
@@ -230,41 +231,74 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
             raise stop from None
         counts["ok (resumed)"] = len(done) if resume else 0
         store.finish_run(run_id, "done")
-        _report(db, store, run_id, out)
+    _report(db, run_id, out)
     print(", ".join(f"{n} {k}" for k, n in counts.items() if n), file=out)
     return counts
 
 
-def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool) -> Counter:
+class Progress:
+    """A bar on a terminal; in a CI log (not a terminal) one line per finished job. Names the node, counts statuses."""
+
+    def __init__(self, total: int, names: dict[str, str], enabled: bool, stream=None):
+        from tqdm import tqdm
+        self.stream = stream or sys.stderr
+        self.names, self.total, self.done = names, total, 0
+        self.counts: Counter = Counter()
+        self.lines = enabled and not (hasattr(self.stream, "isatty") and self.stream.isatty())
+        self.bar = tqdm(total=total, disable=not enabled or self.lines, unit="job", file=self.stream,
+                        dynamic_ncols=True)
+
+    def _tally(self) -> str:
+        return f"ok {self.counts['ok']}, failed {self.counts['failed']}, unsupported {self.counts['unsupported']}"
+
+    def result(self, r: Result) -> None:
+        self.done += 1
+        self.counts[r.status] += 1
+        node = self.names.get(r.node_id) or r.hostname or r.node_id[:12]
+        what = f"{r.model}/{r.compression}/{r.backend}:{r.device}/bs{r.batch_size}"
+        if self.lines:
+            figure = f" p50 {r.latency_p50_ms:.3f} ms" if r.latency_p50_ms is not None else ""
+            why = f" ({r.stage or ''}: {r.error or ''})"[:120] if r.status != "ok" else ""
+            print(f"[{self.done}/{self.total}] {node}: {what} {r.status}{figure}{why} | {self._tally()}",
+                  file=self.stream, flush=True)
+            return
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"{self._tally()} | last {node}: {what} {r.status}", refresh=False)
+
+    def stage(self, job, name: str) -> None:
+        if not self.lines:
+            self.bar.set_description_str(f"{job.node_key}: {job.backend}:{job.device} bs{job.batch_size} {name}",
+                                         refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool,
+              names: dict[str, str]) -> Counter:
     import ray
-    from tqdm import tqdm
 
     from fleetbench.coordinator.dispatch import Dispatcher
 
-    counts: Counter = Counter()
-    bar = tqdm(total=len(unsupported) + len(jobs), disable=not progress, unit="job", file=sys.stderr,
-               dynamic_ncols=True)
+    bar = Progress(len(unsupported) + len(jobs), names, progress)
 
     def put(result: Result) -> None:
         result.run_id = run_id
         store.put_result(result)
-        counts[result.status] += 1
-        bar.update(1)
-        bar.set_postfix_str(f"{result.model}/{result.compression}/{result.backend}/bs{result.batch_size}: "
-                            f"{result.status}", refresh=False)
+        bar.result(result)
 
-    def stage(job, name: str) -> None:
-        bar.set_description_str(f"{job.backend}:{job.device} bs{job.batch_size} {name}", refresh=True)
-
-    for row in unsupported:
-        put(row)
-    weights = {name: ray.put(data) for name, data in payloads.items()
-               if any(j.model.name == name for j in jobs)}
     def keep_log(row: Result, log: dict) -> None:
         store.put_log(run_id, row.job_id, row.stage, log.get("reason") or row.error, log.get("traceback"),
                       log.get("output"))
 
-    dispatcher = Dispatcher(put, stage, on_log=keep_log)
+    for row in unsupported:       # known before anything runs: stored in one opening of the file
+        row.run_id = run_id
+    store.put_results(unsupported)
+    for row in unsupported:
+        bar.result(row)
+    weights = {name: ray.put(data) for name, data in payloads.items()
+               if any(j.model.name == name for j in jobs)}
+    dispatcher = Dispatcher(put, bar.stage, on_log=keep_log)
     try:
         dispatcher.submit(jobs, weights)
         dispatcher.drain()
@@ -273,13 +307,16 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
         raise
     finally:
         bar.close()
-    return counts
+    return bar.counts
 
 
-def _report(db: str, store, run_id: str, out) -> None:
-    from fleetbench.coordinator.report import results_tables
-    for title, table in results_tables(store.rows(run_id)):
-        print(f"\n{title}", file=out)
-        print(table, file=out)
-    print(f"\nresults in {db} (run {run_id}); try: coordinator query \"SELECT * FROM comparison\" --db {db}",
-          file=out)
+def _report(db: str, run_id: str, out) -> None:
+    """The run's tables, read back from the database (the same rendering as `coordinator report`)."""
+    from fleetbench.coordinator.report.write import report
+    from fleetbench.shared.errors import SweepError
+    try:
+        report(db, run_id=run_id, out=out)
+    except SweepError as e:    # e.g. a run without one ok row: say so, the rows are stored
+        print(f"\n{e}", file=out)
+    print(f"\nresults in {db} (run {run_id}); again: coordinator report --db {db} --html report.html; "
+          f"or SQL: coordinator query \"SELECT * FROM course\" --db {db}", file=out)

@@ -13,24 +13,34 @@ writing, and refused with the upgrade command when opened read-only. No connecti
 loads a DuckDB extension; `query`'s connection also has external access off and its
 configuration locked.
 
-DuckDB allows one writing process per file, and a read-only connection in another process also
-blocks the writer: keep every connection short except the coordinator's.
+DuckDB allows one process to have a file open for writing, and a read-only connection in another
+process also blocks the writer. So the store keeps the file open only while rows keep coming: it
+closes it after IDLE_CLOSE_S without a write, or right after the current write when a reader has
+asked for it (a reader that finds the file busy touches `<db>.wants-read`), and reopens it for the
+next write. A lock file beside it (`<db>.writer`, `flock`) keeps the coordinator the only writer for
+the whole run. Readers (`query`, `report`, `runs`) hold the file only while they read.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
 import re
 import secrets
+import socket
 import threading
+import time
 import typing
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import duckdb
 
+from fleetbench.coordinator.report import views
 from fleetbench.shared.errors import StoreError
 from fleetbench.shared.job import RESULT_COLUMNS, NodeProfile, Result
 
@@ -66,7 +76,14 @@ def result_schema() -> dict[str, str]:
 _SWEEPS_DDL = """
 CREATE TABLE IF NOT EXISTS sweeps (
     run_id VARCHAR PRIMARY KEY, sweep VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
-    spec JSON, address VARCHAR, status VARCHAR)"""
+    spec JSON, address VARCHAR, status VARCHAR, coordinator_host VARCHAR, coordinator_pid BIGINT,
+    coordinator_started DOUBLE)"""
+# Who runs a run: `coordinator runs` shows a 'running' run whose process is gone as 'interrupted'.
+_SWEEPS_ADDED = {"coordinator_host": "VARCHAR", "coordinator_pid": "BIGINT", "coordinator_started": "DOUBLE"}
+WRITE_WAIT_S = 120.0   # how long a write waits for readers to close the file
+READ_WAIT_S = 10.0     # how long a reader waits for a write to finish
+IDLE_CLOSE_S = 0.5     # the writer closes the file after this long without a write
+READ_REQUEST_S = 5.0   # a reader's request (mtime of <db>.wants-read) counts this long
 
 _NODES_DDL = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -239,7 +256,7 @@ def classify(con: duckdb.DuckDBPyConnection, path: Path) -> int:
                              f"fleetbench {meta.get('fleetbench_version', '?')}); this one reads schema "
                              f"{SCHEMA_VERSION}: upgrade fleetbench to use it")
         return version
-    if _OWN_TABLES <= tables and tables <= _OWN_TABLES and views <= {"comparison"} and _v1_columns(con):
+    if _OWN_TABLES <= tables and tables <= _OWN_TABLES and views <= {"comparison", "course", "hardware"} and _v1_columns(con):
         return 1
     names = ", ".join(sorted(tables | views)[:6])
     raise StoreError(f"{path}: a DuckDB database of another application (tables: {names}); "
@@ -289,8 +306,44 @@ def _is_lock_error(exc: Exception) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text
 
 
-def _connect(path: Path, read_only: bool, config: Optional[dict] = None) -> duckdb.DuckDBPyConnection:
-    """Open the file (never reaching for an extension), translating DuckDB's errors into StoreError."""
+def _connect(path: Path, read_only: bool, config: Optional[dict] = None,
+             wait_s: Optional[float] = None) -> duckdb.DuckDBPyConnection:
+    """Open the file (never reaching for an extension), waiting up to `wait_s` while another process
+    has it; DuckDB's errors as StoreError."""
+    deadline = time.monotonic() + (READ_WAIT_S if wait_s is None else wait_s)
+    pause = 0.005
+    while True:
+        try:
+            return _connect_once(path, read_only, config)
+        except _Busy:
+            if time.monotonic() >= deadline:
+                raise
+            if read_only:
+                _request_read(path)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
+def _request_read(path: Path) -> None:
+    """Ask the writer to close the file after its current write."""
+    try:
+        Path(f"{path}.wants-read").touch()
+    except OSError:
+        pass
+
+
+def _read_requested(path: Path) -> bool:
+    try:
+        return time.time() - Path(f"{path}.wants-read").stat().st_mtime < READ_REQUEST_S
+    except OSError:
+        return False
+
+
+class _Busy(StoreError):
+    """The file is open in another process."""
+
+
+def _connect_once(path: Path, read_only: bool, config: Optional[dict] = None) -> duckdb.DuckDBPyConnection:
     try:
         return duckdb.connect(str(path), read_only=read_only, config=dict(config or _SAFE_CONFIG))
     except duckdb.IOException as exc:
@@ -298,7 +351,7 @@ def _connect(path: Path, read_only: bool, config: Optional[dict] = None) -> duck
             who = ("a coordinator is writing it; try again when the sweep ends" if read_only else
                    "another process (a running coordinator or a `query`) has it open; "
                    "try again when it ends")
-            raise StoreError(f"{path}: results database is busy: {who}") from exc
+            raise _Busy(f"{path}: results database is busy: {who}") from exc
         raise StoreError(f"{path}: cannot open results database: {_first_line(exc)}") from exc
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open results database: {_first_line(exc)}") from exc
@@ -306,6 +359,22 @@ def _connect(path: Path, read_only: bool, config: Optional[dict] = None) -> duck
 
 def _first_line(exc: BaseException) -> str:
     return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+
+
+def _take_writer_lock(path: Path):
+    """Hold `<db>.writer` (flock) for the store's life: a second writer is refused at once."""
+    handle = open(f"{path}.writer", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreError(f"{path}: results database is busy: another coordinator is writing it; "
+                         f"try again when it ends") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 class Store:
@@ -317,25 +386,54 @@ class Store:
         if self.path.exists():
             _sniff(self.path)
         self._lock = threading.Lock()
-        self._con = _connect(self.path, read_only=False)
+        self._writer = _take_writer_lock(self.path)
+        self._con: Optional[duckdb.DuckDBPyConnection] = None
+        self._last_write = 0.0
+        self._stop = threading.Event()
+        self._closer = threading.Thread(target=self._close_when_idle, name="fleetbench-store", daemon=True)
         try:
-            self.migrated_from = classify(self._con, self.path)
-            self._create_schema()
+            with self._connection() as con:
+                self.migrated_from = classify(con, self.path)
+                self._create_schema(con)
         except (duckdb.Error, StoreError) as exc:
-            self._con.close()
-            self._con = None
+            self.close()
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"{self.path}: cannot create the schema: {_first_line(exc)}") from exc
+        except BaseException:
+            self.close()
+            raise
         log.debug("opened results database %s", self.path)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._release()
+        if self._writer is not None:
+            try:                          # leave nothing beside the database once the writer is gone
+                os.unlink(f"{self.path}.writer")
+            except OSError:
+                pass
+            self._writer.close()          # releases the flock
+            self._writer = None
+            log.debug("closed results database %s", self.path)
+
+    def _release(self) -> None:
+        """Close the DuckDB file (caller holds self._lock); the next write reopens it."""
         if self._con is not None:
             self._con.close()
             self._con = None
-            log.debug("closed results database %s", self.path)
+
+    def _close_when_idle(self) -> None:
+        while not self._stop.wait(0.05):
+            if self._con is None:
+                continue
+            with self._lock:
+                idle = time.monotonic() - self._last_write > IDLE_CLOSE_S
+                if self._con is not None and (idle or _read_requested(self.path)):
+                    self._release()
 
     def __enter__(self) -> "Store":
         return self
@@ -343,69 +441,92 @@ class Store:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _execute(self, sql: str, params: Optional[Iterable[Any]] = None) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
+    @contextlib.contextmanager
+    def _connection(self):
+        """The file for one operation: held open while rows keep coming, given up to a waiting reader."""
+        if self._writer is None:
             raise StoreError(f"{self.path}: store is closed")
         with self._lock:
+            if self._con is None:
+                self._con = _connect(self.path, read_only=False, wait_s=WRITE_WAIT_S)
             try:
-                return self._con.execute(sql, list(params) if params is not None else None)
+                yield self._con
+            finally:
+                self._last_write = time.monotonic()
+                if _read_requested(self.path):
+                    self._release()
+        if not self._closer.is_alive() and not self._stop.is_set():
+            try:
+                self._closer.start()
+            except RuntimeError:   # started by another thread meanwhile
+                pass
+
+    def _execute(self, sql: str, params: Optional[Iterable[Any]] = None) -> None:
+        with self._connection() as con:
+            try:
+                con.execute(sql, list(params) if params is not None else None)
             except duckdb.Error as exc:
                 raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
 
     def _fetch(self, sql: str, params: Optional[Iterable[Any]] = None) -> tuple[list[str], list[tuple]]:
-        if self._con is None:
-            raise StoreError(f"{self.path}: store is closed")
-        with self._lock:
+        with self._connection() as con:
             try:
-                cur = self._con.execute(sql, list(params) if params is not None else None)
+                cur = con.execute(sql, list(params) if params is not None else None)
                 return [d[0] for d in cur.description], cur.fetchall()
             except duckdb.Error as exc:
                 raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
 
     # -- schema ------------------------------------------------------------------------------
 
-    def _create_schema(self) -> None:
+    def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         """Create or migrate the tables in one transaction (a failure leaves the file as it was)."""
-        self._con.execute("BEGIN TRANSACTION")
+        con.execute("BEGIN TRANSACTION")
         try:
-            self._create_tables()
-            self._con.execute(_META_DDL)
+            self._create_tables(con)
+            con.execute(_META_DDL)
             for key, value in (("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION)),
                                ("fleetbench_version", fleetbench_version())):
-                self._con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
-            self._con.execute("COMMIT")
+                con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+            con.execute("COMMIT")
         except BaseException:
-            self._con.execute("ROLLBACK")
+            con.execute("ROLLBACK")
             raise
         if self.migrated_from and self.migrated_from < SCHEMA_VERSION:
             log.warning("%s: migrated the results database from schema %d to %d",
                         self.path, self.migrated_from, SCHEMA_VERSION)
 
-    def _create_tables(self) -> None:
+    def _create_tables(self, con: duckdb.DuckDBPyConnection) -> None:
         schema = result_schema()
         cols = ",\n    ".join(f"{name} {sql}" for name, sql in schema.items())
-        self._con.execute(_SWEEPS_DDL)
-        self._con.execute(_NODES_DDL)
-        self._con.execute(_LOGS_DDL)
-        self._con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
+        con.execute(_SWEEPS_DDL)
+        for name, sql in _SWEEPS_ADDED.items():
+            con.execute(f"ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS {name} {sql}")
+        con.execute(_NODES_DDL)
+        con.execute(_LOGS_DDL)
+        con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
                           f"    PRIMARY KEY ({', '.join(_RESULT_KEY)}))")
-        have = {row[0] for row in self._con.execute(
+        have = {row[0] for row in con.execute(
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = 'results'").fetchall()}
         for name, sql in schema.items():
             if name not in have:
                 log.info("%s: adding column results.%s %s", self.path, name, sql)
-                self._con.execute(f"ALTER TABLE results ADD COLUMN {name} {sql}")
-        self._con.execute(COMPARISON_SQL)
+                con.execute(f"ALTER TABLE results ADD COLUMN {name} {sql}")
+        con.execute(COMPARISON_SQL)
+        views.install(con)
 
     # -- runs --------------------------------------------------------------------------------
 
     def start_run(self, sweep_name: str, spec_json: str, address: Optional[str]) -> str:
         """Record a new run of `sweep_name` (status 'running') and return its run id."""
         run_id = new_run_id()
-        self._execute("INSERT INTO sweeps (run_id, sweep, started_at, spec, address, status) "
-                      "VALUES (?, ?, ?, ?, ?, 'running')",
-                      [run_id, sweep_name, _utcnow(), spec_json, address])
+        import psutil
+        me = psutil.Process()
+        self._execute("INSERT INTO sweeps (run_id, sweep, started_at, spec, address, status, "
+                      "coordinator_host, coordinator_pid, coordinator_started) "
+                      "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                      [run_id, sweep_name, _utcnow(), spec_json, address, socket.gethostname(),
+                       me.pid, me.create_time()])
         log.info("started run %s of sweep %s", run_id, sweep_name)
         return run_id
 
@@ -432,11 +553,32 @@ class Store:
             d["node_id"] = d.get("node_id") or d.get("node_key") or d.get("hostname")
             values = [json.dumps(d.get(c)) if c in _NODE_JSON else d.get(c) for c in _NODE_COLUMNS]
             self._execute(sql, values)
+        with self._connection() as con:   # the `hardware` PIVOT names every node
+            views.install(con)
 
     # -- results -----------------------------------------------------------------------------
 
     def put_result(self, result: Result) -> None:
         """Insert or replace the row (run_id, job_id); committed (durable) when this returns."""
+        self.put_results([result])
+
+    def put_results(self, results: list[Result]) -> None:
+        """Insert or replace rows in one opening of the file (one transaction per row, as each is committed)."""
+        values = [self._values(r) for r in results]
+        with self._connection() as con:
+            for row in values:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
+                try:
+                    con.execute(_INSERT_RESULT, row)   # autocommit: one transaction per row
+                    continue
+                except duckdb.ConstraintException:
+                    pass
+                try:
+                    con.execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), row)
+                except duckdb.Error as exc:
+                    raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
+
+    @staticmethod
+    def _values(result: Result) -> list[Any]:
         if not result.run_id:
             raise StoreError(f"result {result.job_id}: run_id is not set")
         row = dataclasses.asdict(result)
@@ -445,16 +587,7 @@ class Store:
                 row[name] = _to_timestamp(row.get(name))
             except ValueError as exc:
                 raise StoreError(f"result {result.job_id}: {name}: {exc}") from exc
-        values = [row[c] for c in RESULT_COLUMNS]
-        if self._con is None:
-            raise StoreError(f"{self.path}: store is closed")
-        with self._lock:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
-            try:
-                self._con.execute(_INSERT_RESULT, values)   # autocommit: one transaction per row
-                return
-            except duckdb.ConstraintException:
-                pass
-        self._execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), values)
+        return [row[c] for c in RESULT_COLUMNS]
 
     def put_log(self, run_id: str, job_id: str, stage: Optional[str], reason: Optional[str],
                 traceback: Optional[str], output: Optional[str]) -> None:

@@ -274,25 +274,40 @@ def _wait_for(flag: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None
         time.sleep(0.05)
 
 
-def test_query_while_writer_holds_file(db: Path, tmp_path: Path) -> None:
-    Store(db).close()
+def test_query_reads_while_a_coordinator_writes(db: Path, tmp_path: Path) -> None:
+    """The coordinator keeps the file closed between rows: readers get in, a second writer does not."""
     flag = tmp_path / "open"
     code = (f"import time; from fleetbench.coordinator.store import Store; s = Store({str(db)!r}); "
+            f"run = s.start_run('demo', '{{}}', None); open({str(flag)!r}, 'w').close(); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        _wait_for(flag, proc)
+        assert query(db, "SELECT count(*), min(status) FROM sweeps")[1] == [(1, "running")]
+        with pytest.raises(StoreError, match="busy: another coordinator is writing"):
+            Store(db)                               # a second writer is refused
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    Store(db).close()                               # free again once the writer is gone
+
+
+def test_query_says_busy_while_the_file_is_held(db: Path, tmp_path: Path, monkeypatch) -> None:
+    from fleetbench.coordinator import store as store_mod
+    Store(db).close()
+    monkeypatch.setattr(store_mod, "READ_WAIT_S", 0.3)
+    flag = tmp_path / "open"
+    code = (f"import duckdb, time; c = duckdb.connect({str(db)!r}); "
             f"open({str(flag)!r}, 'w').close(); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:
         _wait_for(flag, proc)
         with pytest.raises(StoreError) as info:
             query(db, "SELECT count(*) FROM results")
-        message = str(info.value)
-        assert "busy" in message and "coordinator is writing" in message
-        assert "when the sweep ends" in message
-        with pytest.raises(StoreError, match="busy"):
-            Store(db)                               # a second writer is refused too
+        assert "busy" in str(info.value) and "coordinator is writing" in str(info.value)
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    assert query(db, "SELECT count(*) FROM results")[1] == [(0,)]   # free again
+    assert query(db, "SELECT count(*) FROM results")[1] == [(0,)]
 
 
 def test_adds_missing_result_column(db: Path) -> None:
@@ -328,3 +343,33 @@ def test_not_a_database(tmp_path: Path) -> None:
         query(path, "SELECT 1")
     with pytest.raises(StoreError, match="not a DuckDB database"):
         Store(path)
+
+
+def test_a_reader_gets_in_while_rows_keep_coming(db: Path, tmp_path: Path) -> None:
+    """A writer storing a row every 20 ms holds the file between rows; a reader's request makes it let go."""
+    flag = tmp_path / "open"
+    code = textwrap.dedent(f"""
+        import time
+        from fleetbench.coordinator.store import Store
+        from fleetbench.shared.job import Result
+        s = Store({str(db)!r})
+        run = s.start_run('demo', '{{}}', None)
+        for i in range(100000):
+            s.put_result(Result(job_id=f'j{{i}}', sweep='demo', model='m', compression='none', backend='pytorch',
+                                device='cpu', batch_size=1, node_id='n', hostname='h', hw_kind='cpu', run_id=run))
+            if i == 3:
+                open({str(flag)!r}, 'w').close()
+            time.sleep(0.02)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        _wait_for(flag, proc)
+        seen = []
+        for _ in range(3):
+            seen.append(query(db, "SELECT count(*) FROM results")[1][0][0])
+            time.sleep(0.3)
+        assert proc.poll() is None, "the writer must still be writing"
+        assert seen[0] >= 4 and seen[-1] > seen[0], seen      # rows arrived between the reads
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
