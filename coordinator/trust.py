@@ -14,7 +14,10 @@ import math
 from typing import Any, Optional
 
 from fleetbench.shared.errors import STAGES
-from fleetbench.shared.job import STATUSES, Job, Result
+from fleetbench.shared.job import Job, Result
+from fleetbench.shared.vocab import Status
+
+STATUSES = tuple(Status)
 
 IDENTITY = ("job_id", "sweep", "model", "compression", "backend", "device", "batch_size", "node_id",
             "hostname", "hw_kind", "run_id")
