@@ -34,21 +34,36 @@ def main(argv: list[str]) -> int:
                 except psutil.NoSuchProcess:
                     pass
         time.sleep(POLL_S)
-    victims = []
-    for pid, created in known.items():
+    for _ in range(5):   # a dying raylet can still start a worker: look again until nobody is left
+        victims = _alive(known)
+        if not victims:
+            break
+        for p in victims:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.2)
+    return 0
+
+
+def _alive(known: dict[int, float]) -> list:
+    """The known processes still running (the same ones: a reused pid has another start time) and their
+    descendants; every one found is added to `known`."""
+    import psutil
+    out = []
+    for pid, created in list(known.items()):
         try:
             p = psutil.Process(pid)
-            if p.create_time() == created:   # the same process, not a reused pid
-                victims.append(p)
-                victims.extend(p.children(recursive=True))
+            if p.create_time() != created or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            out.append(p)
+            for kid in p.children(recursive=True):
+                known.setdefault(kid.pid, kid.create_time())
+                out.append(kid)
         except psutil.NoSuchProcess:
             pass
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return 0
+    return out
 
 
 if __name__ == "__main__":
