@@ -1,15 +1,19 @@
 """Honest measurement: a latency loop that keeps every sample, and a peak-RSS sampler."""
 from __future__ import annotations
 
+import logging
 import resource
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+from fleetbench.agent import validity
 from fleetbench.shared.sweep import MeasureSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,20 @@ def summarize(samples_s: list[float] | np.ndarray) -> LatencyStats:
                         iterations=int(a.size), window_s=float(a.sum() / 1e3))
 
 
+def warm_up(fn: Callable[[], object], iters: int) -> None:
+    for _ in range(iters):
+        fn()
+
+
 def time_loop(fn: Callable[[], object], spec: MeasureSpec,
-              clock: Callable[[], float] = time.perf_counter) -> list[float]:
+              clock: Callable[[], float] = time.perf_counter, warmup: bool = True) -> list[float]:
     """Warm up, then time `fn` until both min_iters and min_duration_s are met, capped by max_duration_s.
 
     Returns every sample in seconds. `fn` must be synchronous (it returns when the work is done).
+    A window cut short by max_duration_s is not hidden: `validity.judge` marks it.
     """
-    for _ in range(spec.warmup_iters):
-        fn()
+    if warmup:
+        warm_up(fn, spec.warmup_iters)
     samples: list[float] = []
     start = clock()
     while True:
@@ -55,11 +65,44 @@ def time_loop(fn: Callable[[], object], spec: MeasureSpec,
         t1 = clock()
         samples.append(t1 - t0)
         elapsed = t1 - start
-        if elapsed >= spec.max_duration_s:
-            break
         if len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s:
             break
+        if elapsed >= spec.max_duration_s:
+            log.warning("timing stopped at max_duration_s %g s with %d of min_iters %d samples",
+                        spec.max_duration_s, len(samples), spec.min_iters)
+            break
     return samples
+
+
+def timed_window(fn: Callable[[], object], spec: MeasureSpec,
+                 gpu: Optional[validity.GpuWatch] = None) -> validity.Window:
+    """One timed window (no warm-up) with the machine's CPU and GPU state read around it."""
+    if gpu is not None:
+        gpu.read()
+    before, started = validity.read_cpu(), time.time()
+    t0 = time.perf_counter()
+    samples = time_loop(fn, spec, warmup=False)
+    duration = time.perf_counter() - t0
+    after, ended = validity.read_cpu(), time.time()
+    gpu_reasons: tuple[str, ...] = ()
+    if gpu is not None:
+        gpu.read()
+        gpu_reasons = tuple(gpu.window_reasons())
+    cpu = validity.interference(before, after) if before and after else None
+    return validity.Window(samples_s=samples, duration_s=duration, cpu=cpu, gpu_reasons=gpu_reasons,
+                           started=started, ended=ended)
+
+
+def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,
+                    gpu_index: Optional[int] = None) -> list[validity.Window]:
+    """Warm up once, then `windows` timed windows back to back in this process."""
+    warm_up(fn, spec.warmup_iters)
+    gpu = validity.GpuWatch(gpu_index) if gpu_index is not None else None
+    try:
+        return [timed_window(fn, spec, gpu) for _ in range(windows)]
+    finally:
+        if gpu is not None:
+            gpu.close()
 
 
 def rss_mb() -> float:

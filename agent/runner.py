@@ -201,16 +201,56 @@ def _compress(job: Job, model, data, notes: list[str], res: Result):
     return compress.apply(job, model, data, notes, res)
 
 
-def _measure(engine, example: np.ndarray, job: Job, res: Result) -> None:
+def _measure(engine, example: np.ndarray, job: Job, res: Result, windows_fn=None) -> None:
     t = time.perf_counter()
     engine.run(example)
     res.first_ms = (time.perf_counter() - t) * 1e3
-    samples = measure.time_loop(lambda: engine.run(example), job.measure)
+    if windows_fn is None:
+        windows = measure.measure_windows(lambda: engine.run(example), job.measure, job.measure.repeats,
+                                          gpu_index=_gpu_index(job))
+    else:
+        windows = windows_fn()
+    record_windows(windows, job, res)
+
+
+def _gpu_index(job: Job) -> Optional[int]:
+    from fleetbench.agent.gpu import device_index
+    on_gpu = job.device.startswith("cuda") or job.backend == "tensorrt"
+    return device_index(job.device) if on_gpu else None
+
+
+def record_windows(windows: list, job: Job, res: Result) -> None:
+    """A row's latency figures, p50 interval, validity verdict and raw samples from its timed windows."""
+    from fleetbench.agent import validity
+    from fleetbench.shared.stats import p50_with_ci
+    samples = [s for w in windows for s in w.samples_s]
     stats = measure.summarize(samples)
-    res.latency_mean_ms, res.latency_p50_ms, res.latency_p90_ms = stats.mean_ms, stats.p50_ms, stats.p90_ms
+    per_window = [measure.summarize(w.samples_s) for w in windows]
+    res.window_p50s_ms = [w.p50_ms for w in per_window]
+    res.window_iters = [w.iterations for w in per_window]
+    res.samples_ms = [s * 1e3 for s in samples]
+    p50, res.latency_p50_ci_low_ms, res.latency_p50_ci_high_ms = p50_with_ci(res.window_p50s_ms, res.samples_ms)
+    res.latency_mean_ms, res.latency_p50_ms, res.latency_p90_ms = stats.mean_ms, p50, stats.p90_ms
     res.latency_p99_ms, res.latency_std_ms, res.latency_min_ms = stats.p99_ms, stats.std_ms, stats.min_ms
-    res.iterations, res.measure_s = stats.iterations, stats.window_s
+    res.iterations, res.measure_s, res.repeats = stats.iterations, stats.window_s, len(windows)
     res.throughput_ips = stats.throughput(job.batch_size)
+    reasons = []
+    for i, w in enumerate(windows):
+        prefix = f"window {i + 1}: " if len(windows) > 1 else ""
+        reasons.extend(prefix + r for r in validity.judge(w, job.measure))
+    reasons.extend(validity.judge_tail(len(samples), job.measure))
+    res.valid, res.validity = not reasons, "; ".join(reasons) or None
+    cvs = [c for c in (validity.cv_pct(w.samples_s) for w in windows) if c is not None]
+    res.cv_pct = max(cvs) if cvs else None
+    cpu = [w.cpu for w in windows if w.cpu is not None]
+    res.other_cpu_cores = max(c.other_cpu_cores for c in cpu) if cpu else None
+    res.cpu_steal_pct = max(c.steal_pct for c in cpu) if cpu else None
+    res.window_start = _iso(windows[0].started)
+    res.window_end = _iso(windows[-1].ended)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _measure_device_resident(engine, example: np.ndarray, job: Job, res: Result) -> None:

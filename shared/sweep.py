@@ -146,6 +146,14 @@ class MeasureSpec(_Strict):
     min_duration_s: float = Field(default=2.0, ge=0)
     max_duration_s: float = Field(default=30.0, gt=0)
     threads: Optional[int] = Field(default=None, gt=0)
+    # timed windows per job: in this process, or each in a fresh process (repeat_mode: process)
+    repeats: int = Field(default=1, ge=1, le=100)
+    repeat_mode: Literal["same", "process"] = "same"
+    # validity thresholds: a row breaking any of them is stored with valid = false and the reason
+    p99_min_samples: int = Field(default=100, ge=0, le=10_000_000)
+    max_cv_pct: float = Field(default=10.0, gt=0, le=1000)
+    max_other_cpu_cores: float = Field(default=0.25, ge=0, le=4096)
+    max_steal_pct: float = Field(default=5.0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _order(self) -> "MeasureSpec":
