@@ -74,6 +74,7 @@ def plan(sweep: Sweep, nodes: list[NodeProfile], weights: Optional[dict[str, str
                             job = Job(sweep=sweep.name, model=model, dataset=sweep.dataset, compression=comp,
                                       backend=backend, device=device, batch_size=bs, measure=sweep.measure,
                                       node_key=node.node_key, node_id=node.node_id, hostname=node.hostname,
+                                      host_id=node.host_id,
                                       hw_kind=primary_kind(node, backend, device),
                                       weights_sha256=weights.get(model.name), timeout_s=sweep.timeout_s)
                             why = reason or (None if device in have else

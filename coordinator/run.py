@@ -87,13 +87,17 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
     from tqdm import tqdm
 
     from fleetbench.coordinator.dispatch import Dispatcher
+    from fleetbench.coordinator.hosts import HostWindows
 
     counts: Counter = Counter()
+    windows = HostWindows()
     bar = tqdm(total=len(unsupported) + len(jobs), disable=not progress, unit="job", file=sys.stderr,
                dynamic_ncols=True)
 
     def put(result: Result) -> None:
         result.run_id = run_id
+        for job_id, reason in windows.check(result):   # rows that measured each other on one machine
+            store.mark_invalid(run_id, job_id, reason)
         store.put_result(result)
         counts[result.status] += 1
         bar.update(1)
