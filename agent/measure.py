@@ -1,6 +1,7 @@
 """Honest measurement: a latency loop that keeps every sample, and a peak-RSS sampler."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import threading
@@ -79,16 +80,21 @@ def timed_window(fn: Callable[[], object], spec: MeasureSpec,
     """One timed window (no warm-up) with the machine's CPU and GPU state read around it."""
     if gpu is not None:
         gpu.read()
+    procs_before = validity.process_ticks()
     before, started = validity.read_cpu(), time.time()
     t0 = time.perf_counter()
     samples = time_loop(fn, spec, warmup=False)
     duration = time.perf_counter() - t0
     after, ended = validity.read_cpu(), time.time()
+    procs_after = validity.process_ticks()
     gpu_reasons: tuple[str, ...] = ()
     if gpu is not None:
         gpu.read()
         gpu_reasons = tuple(gpu.window_reasons())
     cpu = validity.interference(before, after) if before and after else None
+    if cpu is not None:
+        top = validity.top_others(procs_before, procs_after, after.wall - before.wall)
+        cpu = dataclasses.replace(cpu, top=top)
     return validity.Window(samples_s=samples, duration_s=duration, cpu=cpu, gpu_reasons=gpu_reasons,
                            started=started, ended=ended)
 

@@ -69,10 +69,42 @@ def read_cpu() -> Optional[CpuTimes]:
     return CpuTimes(busy, idle, steal, own_cpu_s(), time.monotonic())
 
 
+def process_ticks() -> dict[int, tuple[str, int]]:
+    """pid -> (name, user + system ticks) of every process now, from /proc/<pid>/stat (~10 ms)."""
+    out = {}
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:   # it ended meanwhile
+            continue
+        close = text.rindex(")")
+        fields = text[close + 2:].split()
+        out[pid] = (text[text.index("(") + 1:close], int(fields[11]) + int(fields[12]))
+    return out
+
+
+def top_others(before: dict, after: dict, wall_s: float, n: int = 3, hz: Optional[int] = None,
+               me: Optional[int] = None) -> tuple[tuple[str, int, float], ...]:
+    """The `n` other processes that used most CPU between two `process_ticks` readings: (name, pid, cores).
+    Processes that started and ended inside the window are not seen."""
+    hz, me = hz or os.sysconf("SC_CLK_TCK"), os.getpid() if me is None else me
+    if wall_s <= 0:
+        return ()
+    used = [(name, pid, (ticks - before[pid][1]) / hz / wall_s) for pid, (name, ticks) in after.items()
+            if pid != me and pid in before and before[pid][0] == name and ticks > before[pid][1]]
+    return tuple(sorted(used, key=lambda u: -u[2])[:n])
+
+
 @dataclass(frozen=True)
 class Interference:
     other_cpu_cores: float    # mean cores busy with other processes during the window
     steal_pct: float          # steal as % of all CPU time of the window
+    top: tuple[tuple[str, int, float], ...] = ()   # the busiest of them: (name, pid, cores)
 
 
 def interference(a: CpuTimes, b: CpuTimes) -> Optional[Interference]:
@@ -185,8 +217,9 @@ def judge(w: Window, spec: MeasureSpec) -> list[str]:
         reasons.append(f"cv {cv:.0f}% > {spec.max_cv_pct:g}%")
     if w.cpu is not None:
         if w.cpu.other_cpu_cores > spec.max_other_cpu_cores:
+            who = ", ".join(f"{name} pid {pid} {cores:.2f}" for name, pid, cores in w.cpu.top if cores >= 0.01)
             reasons.append(f"other processes used {w.cpu.other_cpu_cores:.2f} cores during the window "
-                           f"(> {spec.max_other_cpu_cores:g})")
+                           f"(> {spec.max_other_cpu_cores:g})" + (f": {who}" if who else ""))
         if w.cpu.steal_pct > spec.max_steal_pct:
             reasons.append(f"cpu steal {w.cpu.steal_pct:.0f}% > {spec.max_steal_pct:g}%")
     reasons.extend(w.gpu_reasons)

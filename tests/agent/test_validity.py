@@ -1,4 +1,5 @@
 """Every validity rule on synthetic samples and synthetic /proc/stat readings; NVML throttling on a FAKE NVML."""
+import os
 import sys
 
 import numpy as np
@@ -148,3 +149,17 @@ def test_record_windows_one_clean_window_is_valid_with_an_interval_from_its_samp
     record_windows([window()], job, res)
     assert res.valid is True and res.validity is None and res.repeats == 1
     assert res.latency_p50_ci_low_ms < res.latency_p50_ms < res.latency_p50_ci_high_ms
+
+
+def test_the_busiest_other_processes_are_named_and_this_one_never():
+    before = {1: ("init", 100), 42: ("spin", 1000), 43: ("ray::raylet", 50), 77: ("me", 0), 90: ("old", 5)}
+    after = {1: ("init", 101), 42: ("spin", 1196), 43: ("ray::raylet", 60), 77: ("me", 400), 91: ("new", 80),
+             90: ("reused", 50)}
+    top = validity.top_others(before, after, wall_s=2.0, hz=100, me=77)
+    assert top == (("spin", 42, pytest.approx(0.98)), ("ray::raylet", 43, pytest.approx(0.05)),
+                   ("init", 1, pytest.approx(0.005)))
+    cpu = validity.Interference(other_cpu_cores=1.1, steal_pct=0.0, top=top)
+    assert validity.judge(window(cpu=cpu), SPEC) == [
+        "other processes used 1.10 cores during the window (> 0.25): spin pid 42 0.98, ray::raylet pid 43 0.05"]
+    real = validity.process_ticks()
+    assert os.getpid() in real and all(t >= 0 for _, t in real.values())
