@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import resource
 import threading
 import time
@@ -96,7 +97,7 @@ def timed_window(fn: Callable[[], object], spec: MeasureSpec,
         top = validity.top_others(procs_before, procs_after, after.wall - before.wall)
         cpu = dataclasses.replace(cpu, top=top)
     return validity.Window(samples_s=samples, duration_s=duration, cpu=cpu, gpu_reasons=gpu_reasons,
-                           started=started, ended=ended)
+                           started=started, ended=ended, pid=os.getpid())
 
 
 def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,

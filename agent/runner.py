@@ -145,7 +145,10 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
             res.build_s = time.perf_counter() - t
         res.dtype, res.threads, res.provider = engine.dtype, engine.threads, engine.provider
         with stage("measure"):
-            _measure(engine, example, job, res)
+            fresh = None
+            if job.measure.repeat_mode == "process":
+                fresh = functools.partial(fresh_process_windows, artifact, job, threads, example)
+            _measure(engine, example, job, res, fresh)
             _measure_device_resident(engine, example, job, res)
         with stage("evaluate"):
             if needs_model:
@@ -211,6 +214,28 @@ def _measure(engine, example: np.ndarray, job: Job, res: Result, windows_fn=None
     else:
         windows = windows_fn()
     record_windows(windows, job, res)
+
+
+def fresh_process_windows(artifact, job: Job, threads: int, example: np.ndarray) -> list:
+    """`repeats` windows, each in a fresh process that loads the engine, warms up and times one window
+    (repeat_mode: process): what one process's allocator, JIT or thread placement did is then not
+    repeated in every window."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    windows = []
+    for _ in range(job.measure.repeats):
+        with ctx.Pool(1) as pool:
+            windows.append(pool.apply(_window_in_this_process, (artifact, job, threads, example)))
+    return windows
+
+
+def _window_in_this_process(artifact, job: Job, threads: int, example: np.ndarray):
+    engine = get_backend(job.backend).load(artifact, job, threads)
+    try:
+        engine.run(example)
+        return measure.measure_windows(lambda: engine.run(example), job.measure, 1, gpu_index=_gpu_index(job))[0]
+    finally:
+        engine.close()
 
 
 def _gpu_index(job: Job) -> Optional[int]:

@@ -188,6 +188,7 @@ class Window:
     gpu_reasons: tuple[str, ...] = ()
     started: float = 0.0      # wall clock (time.time()) at the window's start and end
     ended: float = 0.0
+    pid: int = 0              # the process that timed it
 
 
 def cv_pct(samples: Sequence[float]) -> Optional[float]:

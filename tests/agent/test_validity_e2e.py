@@ -54,3 +54,29 @@ def test_a_quiet_run_does_not_blame_the_job_itself(demo_model_spec):
     if r.other_cpu_cores <= MEASURE.max_other_cpu_cores and r.cpu_steal_pct <= MEASURE.max_steal_pct:
         assert r.valid, r.validity
     assert r.samples_ms and len(r.samples_ms) == r.iterations >= 200
+
+
+def test_repeats_in_this_process_and_in_fresh_processes(demo_model_spec, tmp_path):
+    from fleetbench.agent import measure
+    from fleetbench.agent.backends import get
+    from fleetbench.agent.runner import fresh_process_windows
+    spec = MeasureSpec(warmup_iters=1, min_iters=5, min_duration_s=0, max_duration_s=10, repeats=3)
+    r = run_job(make_job(demo_model_spec, spec, backend="onnxruntime"))
+    assert r.status == "ok", r.error
+    assert r.repeats == 3 and len(r.window_p50s_ms) == 3 and sum(r.window_iters) == len(r.samples_ms) == r.iterations
+    assert r.latency_p50_ci_low_ms <= r.latency_p50_ms <= r.latency_p50_ci_high_ms
+    # fresh processes: each window timed by a process of its own, not this one
+    spec = spec.model_copy(update={"repeats": 2, "repeat_mode": "process"})
+    r = run_job(make_job(demo_model_spec, spec, backend="onnxruntime"))
+    assert r.status == "ok", r.error
+    assert r.repeats == 2 and len(r.window_iters) == 2
+    job = make_job(demo_model_spec, spec, backend="null")
+    backend = get("null")
+    import numpy as np
+    from fleetbench.agent.backends import ExportContext
+    art = backend.export(ExportContext(job=job, model=None, example=np.zeros((1, 3, 32, 32), np.float32),
+                                       workdir=tmp_path, calib_x=None, onnx_source=None))
+    windows = fresh_process_windows(art, job, 1, np.zeros((1, 3, 32, 32), np.float32))
+    pids = {w.pid for w in windows}
+    assert len(windows) == 2 and len(pids) == 2 and os.getpid() not in pids
+    assert all(isinstance(w, measure.validity.Window) and len(w.samples_s) >= 5 for w in windows)
