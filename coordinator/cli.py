@@ -24,6 +24,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
     run.add_argument("--resume", action="store_true", help="continue the sweep's latest run: skip jobs already ok")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--repeat-interleaved", action="store_true",
+                     help="with measure.repeats N > 1: run each node's jobs in N rounds (A B C A B C ...), "
+                          "one timed window per round, so the machine's drift hits every job alike")
     val = sub.add_parser("validate", help="check a sweep file without running it")
     val.add_argument("sweep")
     q = sub.add_parser("query", help="run one read-only SQL statement on the results")
@@ -89,7 +92,7 @@ def _nodes(args) -> int:
 def _run(args) -> int:
     from fleetbench.coordinator.run import run_sweep
     summary = run_sweep(args.sweep, db=args.db, address=args.address, resume=args.resume,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, interleaved=args.repeat_interleaved)
     return 0 if summary is not None else 1
 
 

@@ -48,8 +48,13 @@ def _payload(path: Path) -> bytes:
 
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
-              resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
-    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write."""
+              resume: bool = False, progress: bool = True, out=sys.stdout,
+              interleaved: bool = False) -> Optional[Counter]:
+    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write.
+
+    `interleaved`: with `measure.repeats` N > 1, each node runs its jobs in N rounds (A B C A B C ...),
+    one window per round, merged into one row per job (coordinator.interleave).
+    """
     from fleetbench.coordinator.store import Store
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))
@@ -72,7 +77,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
             jobs = [j for j in the_plan.jobs if j.job_id not in done]
             print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
                   f"{len(done)} already ok, {len(jobs)} to run", file=out)
-            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress)
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress, interleaved)
             counts["ok (resumed)"] = len(done) if resume else 0
             store.finish_run(run_id, "done")
             _report(db, store, run_id, out)
@@ -82,25 +87,41 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     return counts
 
 
-def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool) -> Counter:
+def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool,
+              interleaved: bool = False) -> Counter:
     import ray
     from tqdm import tqdm
 
     from fleetbench.coordinator.dispatch import Dispatcher
     from fleetbench.coordinator.hosts import HostWindows
+    from fleetbench.coordinator.interleave import Collector, rounds
 
     counts: Counter = Counter()
     windows = HostWindows()
+    collector = None
+    if interleaved and any(j.measure.repeats > 1 for j in jobs):
+        jobs, owner = rounds(jobs)
+        collector = Collector(owner)
     bar = tqdm(total=len(unsupported) + len(jobs), disable=not progress, unit="job", file=sys.stderr,
                dynamic_ncols=True)
 
     def put(result: Result) -> None:
         result.run_id = run_id
         for job_id, reason in windows.check(result):   # rows that measured each other on one machine
-            store.mark_invalid(run_id, job_id, reason)
+            waiting = collector.pending(job_id) if collector else None
+            if waiting is not None:
+                waiting.valid = False
+                waiting.validity = f"{waiting.validity}; {reason}" if waiting.validity else reason
+            else:
+                store.mark_invalid(run_id, collector.owner[job_id].job_id if collector and job_id in collector.owner
+                                   else job_id, reason)
+        bar.update(1)
+        if collector is not None:
+            result = collector.add(result)
+            if result is None:      # more rounds of this job to come
+                return
         store.put_result(result)
         counts[result.status] += 1
-        bar.update(1)
         bar.set_postfix_str(f"{result.model}/{result.compression}/{result.backend}/bs{result.batch_size}: "
                             f"{result.status}", refresh=False)
 

@@ -219,6 +219,22 @@ def test_nodes_sharing_a_machine_take_turns_and_the_fleet_listing_says_so(fleet,
         fleet.cluster.remove_node(twin)
 
 
+def test_repeat_interleaved_runs_a_nodes_jobs_in_rounds_and_stores_one_row_each(fleet, tmp_path):
+    from fleetbench.coordinator.run import run_sweep
+    sweep = write_sweep(tmp_path / "rounds.yaml", batch_sizes=[1, 2], targets=["node:n-cpu"],
+                        measure={**MEASURE, "repeats": 3})
+    db = tmp_path / "r.duckdb"
+    counts = run_sweep(str(sweep), db=str(db), address=fleet.address, progress=False, interleaved=True)
+    assert counts["ok"] == 2, counts
+    got = rows(db)
+    assert len(got) == 2 and all(r["repeats"] == 3 and len(r["window_p50s_ms"]) == 3 for r in got)
+    samples = rows(db, "SELECT job_id, len(samples_ms) AS n FROM samples")
+    assert {s["job_id"]: s["n"] for s in samples} == {r["job_id"]: r["iterations"] for r in got}
+    # each row's windows span the whole sweep: the rounds of the two jobs alternated
+    a, b = sorted(got, key=lambda r: r["window_start"])
+    assert a["window_start"] < b["window_start"] < a["window_end"] < b["window_end"]
+
+
 def test_a_worker_that_dies_gives_a_failed_row_with_its_stage(fleet, tmp_path):
     from fleetbench.coordinator.run import run_sweep
     models = [{"name": name, "source": f"python:tests.fixtures.faulty_models:{name}", "num_classes": 10,
