@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from fleetbench.agent import validity
+from fleetbench.agent.energy import EnergyMeter
 from fleetbench.shared.sweep import MeasureSpec
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,18 @@ def time_loop(fn: Callable[[], object], spec: MeasureSpec,
 
 
 def timed_window(fn: Callable[[], object], spec: MeasureSpec,
-                 gpu: Optional[validity.GpuWatch] = None) -> validity.Window:
-    """One timed window (no warm-up) with the machine's CPU and GPU state read around it."""
+                 gpu: Optional[validity.GpuWatch] = None, meter: Optional[EnergyMeter] = None) -> validity.Window:
+    """One timed window (no warm-up) with the machine's CPU and GPU state and energy read around it."""
     if gpu is not None:
         gpu.read()
+    joules = meter.read() if meter is not None else None
     procs_before = validity.process_ticks()
     before, started = validity.read_cpu(), time.time()
     t0 = time.perf_counter()
     samples = time_loop(fn, spec, warmup=False)
     duration = time.perf_counter() - t0
     after, ended = validity.read_cpu(), time.time()
+    joules_after = meter.read() if meter is not None else None
     procs_after = validity.process_ticks()
     gpu_reasons: tuple[str, ...] = ()
     if gpu is not None:
@@ -97,7 +100,9 @@ def timed_window(fn: Callable[[], object], spec: MeasureSpec,
         top = validity.top_others(procs_before, procs_after, after.wall - before.wall)
         cpu = dataclasses.replace(cpu, top=top)
     return validity.Window(samples_s=samples, duration_s=duration, cpu=cpu, gpu_reasons=gpu_reasons,
-                           started=started, ended=ended, pid=os.getpid())
+                           started=started, ended=ended, pid=os.getpid(),
+                           energy_j=joules_after - joules if joules is not None and joules_after is not None else None,
+                           energy_reason=meter.reason if meter is not None else None)
 
 
 def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,
@@ -105,9 +110,11 @@ def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,
     """Warm up once, then `windows` timed windows back to back in this process."""
     warm_up(fn, spec.warmup_iters)
     gpu = validity.GpuWatch(gpu_index) if gpu_index is not None else None
+    meter = EnergyMeter(gpu_index)
     try:
-        return [timed_window(fn, spec, gpu) for _ in range(windows)]
+        return [timed_window(fn, spec, gpu, meter) for _ in range(windows)]
     finally:
+        meter.close()
         if gpu is not None:
             gpu.close()
 

@@ -148,7 +148,7 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
             fresh = None
             if job.measure.repeat_mode == "process":
                 fresh = functools.partial(fresh_process_windows, artifact, job, threads, example)
-            _measure(engine, example, job, res, fresh)
+            notes.extend(_measure(engine, example, job, res, fresh))
             _measure_device_resident(engine, example, job, res)
         with stage("evaluate"):
             if needs_model:
@@ -204,7 +204,7 @@ def _compress(job: Job, model, data, notes: list[str], res: Result):
     return compress.apply(job, model, data, notes, res)
 
 
-def _measure(engine, example: np.ndarray, job: Job, res: Result, windows_fn=None) -> None:
+def _measure(engine, example: np.ndarray, job: Job, res: Result, windows_fn=None) -> list[str]:
     t = time.perf_counter()
     engine.run(example)
     res.first_ms = (time.perf_counter() - t) * 1e3
@@ -213,7 +213,7 @@ def _measure(engine, example: np.ndarray, job: Job, res: Result, windows_fn=None
                                           gpu_index=_gpu_index(job))
     else:
         windows = windows_fn()
-    record_windows(windows, job, res)
+    return record_windows(windows, job, res)
 
 
 def fresh_process_windows(artifact, job: Job, threads: int, example: np.ndarray) -> list:
@@ -244,8 +244,9 @@ def _gpu_index(job: Job) -> Optional[int]:
     return device_index(job.device) if on_gpu else None
 
 
-def record_windows(windows: list, job: Job, res: Result) -> None:
-    """A row's latency figures, p50 interval, validity verdict and raw samples from its timed windows."""
+def record_windows(windows: list, job: Job, res: Result) -> list[str]:
+    """A row's latency figures, p50 interval, validity verdict, energy and raw samples from its timed
+    windows; returns notes for the row (why energy is missing)."""
     from fleetbench.agent import validity
     from fleetbench.shared.stats import p50_with_ci
     samples = [s for w in windows for s in w.samples_s]
@@ -272,6 +273,12 @@ def record_windows(windows: list, job: Job, res: Result) -> None:
     res.cpu_steal_pct = max(c.steal_pct for c in cpu) if cpu else None
     res.window_start = _iso(windows[0].started)
     res.window_end = _iso(windows[-1].ended)
+    energy = [w.energy_j for w in windows]
+    if all(e is not None for e in energy):
+        res.energy_j_per_item = sum(energy) / (stats.iterations * job.batch_size)
+        return []
+    why = next((w.energy_reason for w in windows if w.energy_reason), "energy: not reported")
+    return [f"{why}: energy_j_per_item left empty"]
 
 
 def _iso(t: float) -> str:

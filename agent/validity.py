@@ -189,6 +189,8 @@ class Window:
     started: float = 0.0      # wall clock (time.time()) at the window's start and end
     ended: float = 0.0
     pid: int = 0              # the process that timed it
+    energy_j: Optional[float] = None    # joules the window used (agent.energy), None where not reported
+    energy_reason: Optional[str] = None
 
 
 def cv_pct(samples: Sequence[float]) -> Optional[float]:

@@ -56,6 +56,8 @@ def merge(job: Job, parts: list[Result]) -> Result:
     if samples.size < job.measure.p99_min_samples:
         reasons.append(f"p99 from {samples.size} samples (needs {job.measure.p99_min_samples})")
     base.valid, base.validity = not reasons, "; ".join(reasons) or None
+    energy = [p.energy_j_per_item * (p.iterations or 0) for p in parts if p.energy_j_per_item is not None]
+    base.energy_j_per_item = sum(energy) / base.iterations if len(energy) == len(parts) and base.iterations else None
     base.window_start, base.window_end = parts[0].window_start, parts[-1].window_end
     base.started_at, base.finished_at = parts[0].started_at, parts[-1].finished_at
     base.wall_s = float(sum(p.wall_s or 0.0 for p in parts))

@@ -92,6 +92,7 @@ class Result:
     repeats: Optional[int] = None                    # timed windows
     window_p50s_ms: Optional[list[float]] = None     # each window's p50
     window_iters: Optional[list[int]] = None         # each window's sample count (splits samples_ms)
+    energy_j_per_item: Optional[float] = None        # RAPL (CPU package) or NVML (GPU) joules per item; NULL: see notes
     window_start: Optional[str] = None               # wall clock of the first window's start, last one's end
     window_end: Optional[str] = None
     first_ms: Optional[float] = None
