@@ -112,6 +112,10 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
     baseline_mb = measure.rss_mb()
     with stage("load"):
         data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model)
+        if model is not None:
+            from fleetbench.agent.peak import model_flops
+            flops = model_flops(model, tuple(job.model.input_size))
+            res.gflops = flops / 1e9 if flops else None
 
     with stage("compress"):
         model = _compress(job, model, data, notes, res)
@@ -161,6 +165,22 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
         res.vram_peak_mb, res.vram_source = engine.vram(), engine.vram_source
     notes.extend(engine.notes())   # engine-specific notes (placement, caches, VRAM source)
     engine.close()
+    notes.extend(_efficiency(job, res, threads))
+
+
+def _efficiency(job: Job, res: Result, threads: int) -> list[str]:
+    """achieved GFLOP/s and its share of this node's GEMM peak for the row's dtype (after the job's
+    own measurement, so the probe never overlaps it)."""
+    if not res.gflops or not res.throughput_ips:
+        return []
+    res.achieved_gflops_s = res.gflops * res.throughput_ips
+    if job.device != "cpu" and not job.device.startswith("cuda"):
+        return [f"peak: no GEMM probe for device {job.device}"]
+    from fleetbench.agent.peak import node_peak
+    peak, why = node_peak(res.dtype or "fp32", threads, job.device, job.measure.max_other_cpu_cores)
+    if peak:
+        res.peak_gflops_s, res.efficiency_pct = peak, 100.0 * res.achieved_gflops_s / peak
+    return why
 
 
 def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, needs_model: bool):

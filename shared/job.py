@@ -92,6 +92,10 @@ class Result:
     repeats: Optional[int] = None                    # timed windows
     window_p50s_ms: Optional[list[float]] = None     # each window's p50
     window_iters: Optional[list[int]] = None         # each window's sample count (splits samples_ms)
+    gflops: Optional[float] = None                   # the fp32 model's GFLOPs per item (torch.utils.flop_counter)
+    achieved_gflops_s: Optional[float] = None        # gflops x throughput_ips
+    peak_gflops_s: Optional[float] = None            # this node's GEMM peak for the row's dtype and threads
+    efficiency_pct: Optional[float] = None           # achieved / peak
     energy_j_per_item: Optional[float] = None        # RAPL (CPU package) or NVML (GPU) joules per item; NULL: see notes
     window_start: Optional[str] = None               # wall clock of the first window's start, last one's end
     window_end: Optional[str] = None
