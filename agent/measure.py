@@ -105,6 +105,57 @@ def timed_window(fn: Callable[[], object], spec: MeasureSpec,
                            energy_reason=meter.reason if meter is not None else None)
 
 
+def concurrent_loop(fn: Callable[[], object], spec: MeasureSpec, streams: int) -> tuple[list[float], float]:
+    """`streams` threads call `fn` back to back until, together, min_iters calls and min_duration_s
+    are reached (capped by max_duration_s). Returns every call's latency under load (seconds, in
+    order of completion) and the wall time: the throughput scenario's window."""
+    samples: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    go = threading.Barrier(streams + 1)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        go.wait()
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                with lock:
+                    samples.append(t1 - t0)
+        except BaseException as e:   # surfaces in the caller
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, name=f"stream-{i}", daemon=True) for i in range(streams)]
+    for t in threads:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    while not stop.wait(0.01):
+        elapsed = time.perf_counter() - start
+        if (len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s) or elapsed >= spec.max_duration_s:
+            stop.set()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return samples, time.perf_counter() - start
+
+
+def throughput_window(fn: Callable[[], object], spec: MeasureSpec, streams: int) -> validity.Window:
+    """Warm every stream up, then one concurrent window with the machine's CPU state read around it."""
+    concurrent_loop(fn, spec.model_copy(update={"min_iters": max(streams, spec.warmup_iters), "min_duration_s": 0}),
+                    streams)
+    before, started = validity.read_cpu(), time.time()
+    samples, wall = concurrent_loop(fn, spec, streams)
+    after, ended = validity.read_cpu(), time.time()
+    cpu = validity.interference(before, after) if before and after else None
+    return validity.Window(samples_s=samples, duration_s=wall, cpu=cpu, started=started, ended=ended,
+                           pid=os.getpid(), energy_reason="energy: not read in the throughput scenario")
+
+
 def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,
                     gpu_index: Optional[int] = None) -> list[validity.Window]:
     """Warm up once, then `windows` timed windows back to back in this process."""

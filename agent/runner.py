@@ -32,6 +32,9 @@ from fleetbench.shared.job import Job, Result
 
 log = logging.getLogger(__name__)
 MB = 2**20
+# backends whose engines take concurrent calls from several threads (ONNX Runtime sessions and
+# PyTorch modules are thread-safe for inference); OpenVINO and TensorRT need their own async APIs
+THROUGHPUT_BACKENDS = ("onnxruntime", "pytorch", "torchscript")
 
 
 def _now() -> str:
@@ -102,10 +105,16 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
         raise Unsupported(f"{job.backend}: no device {job.device!r} on this node "
                           f"(has: {', '.join(avail.devices) or 'none'})")
     reason = backend.check(job) or compress.check(job, backend)
+    if job.scenario == "throughput" and (job.backend not in THROUGHPUT_BACKENDS or job.device != "cpu"):
+        reason = reason or (f"{job.backend}:{job.device}: the throughput scenario drives "
+                            f"{', '.join(THROUGHPUT_BACKENDS)} on cpu (concurrent calls); not this engine yet")
     if reason:
         raise Unsupported(reason)
 
     threads = job.measure.threads or default_threads()
+    if job.scenario == "throughput":   # each of the streams gets its share of the threads
+        res.streams = job.measure.streams or threads
+        threads = max(1, threads // res.streams)
     needs_model = getattr(backend, "needs_model", True)
     if needs_model:
         _import_libraries()
@@ -150,7 +159,9 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
         res.dtype, res.threads, res.provider = engine.dtype, engine.threads, engine.provider
         with stage("measure"):
             fresh = None
-            if job.measure.repeat_mode == "process":
+            if job.scenario == "throughput":
+                fresh = functools.partial(_throughput_windows, engine, example, job, res.streams)
+            elif job.measure.repeat_mode == "process":
                 fresh = functools.partial(fresh_process_windows, artifact, job, threads, example)
             notes.extend(_measure(engine, example, job, res, fresh))
             _measure_device_resident(engine, example, job, res)
@@ -236,6 +247,11 @@ def _measure(engine, example: np.ndarray, job: Job, res: Result, windows_fn=None
     return record_windows(windows, job, res)
 
 
+def _throughput_windows(engine, example: np.ndarray, job: Job, streams: int) -> list:
+    return [measure.throughput_window(lambda: engine.run(example), job.measure, streams)
+            for _ in range(job.measure.repeats)]
+
+
 def fresh_process_windows(artifact, job: Job, threads: int, example: np.ndarray) -> list:
     """`repeats` windows, each in a fresh process that loads the engine, warms up and times one window
     (repeat_mode: process): what one process's allocator, JIT or thread placement did is then not
@@ -280,6 +296,9 @@ def record_windows(windows: list, job: Job, res: Result) -> list[str]:
     res.latency_p99_ms, res.latency_std_ms, res.latency_min_ms = stats.p99_ms, stats.std_ms, stats.min_ms
     res.iterations, res.measure_s, res.repeats = stats.iterations, stats.window_s, len(windows)
     res.throughput_ips = stats.throughput(job.batch_size)
+    if job.scenario == "throughput":   # concurrent calls: items over the windows' wall time
+        res.measure_s = sum(w.duration_s for w in windows)
+        res.throughput_ips = job.batch_size * stats.iterations / res.measure_s
     reasons = []
     for i, w in enumerate(windows):
         prefix = f"window {i + 1}: " if len(windows) > 1 else ""

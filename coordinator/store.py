@@ -82,7 +82,7 @@ _COMPARISON_TEMPLATE = """
 CREATE OR REPLACE VIEW {name} AS
 -- {what}
 --   sweep, run_id, hw_kind, hostname, node_id, model, compression, backend, device, dtype,
---   batch_size                  what was measured, where
+--   batch_size, scenario, streams  what was measured, where (scenario: latency | throughput)
 --   status                      ok | failed | unsupported
 --   valid, validity             the row's verdict and the reasons when invalid (NULL: no verdict)
 --   latency_p50_ci_low_ms, latency_p50_ci_high_ms   95% interval of the p50
@@ -90,7 +90,7 @@ CREATE OR REPLACE VIEW {name} AS
 --   size_mb, size_compressed_mb, precision_macro, recall_macro, f1_macro, accuracy,
 --   top1_agreement              the figures (NULL where not measured)
 --   speedup_vs_ref              ref p50 / this p50; the reference is the ok row of the same run,
---                               node, model and batch size with backend 'pytorch', compression
+--                               node, model, batch size and scenario with backend 'pytorch', compression
 --                               'none' on the same device, else on 'cpu'; NULL without one
 --   ref_device                  the device of that reference (NULL without one)
 --   error                       the one-line reason of a failed or unsupported row
@@ -99,14 +99,14 @@ WITH latest AS (
 ), r AS (
     SELECT results.* FROM results JOIN latest USING (run_id) WHERE {where}
 ), ref AS (
-    SELECT run_id, node_id, model, batch_size, device, min(latency_p50_ms) AS p50
+    SELECT run_id, node_id, model, batch_size, scenario, device, min(latency_p50_ms) AS p50
     FROM r
     WHERE backend = 'pytorch' AND compression = 'none' AND status = 'ok'
       AND latency_p50_ms > 0
     GROUP BY ALL
 )
 SELECT r.sweep, r.run_id, r.hw_kind, r.hostname, r.node_id, r.model, r.compression, r.backend,
-       r.device, r.dtype, r.batch_size, r.status, r.valid, r.validity, r.latency_p50_ms,
+       r.device, r.dtype, r.batch_size, r.scenario, r.streams, r.status, r.valid, r.validity, r.latency_p50_ms,
        r.latency_p50_ci_low_ms, r.latency_p50_ci_high_ms, r.latency_mean_ms,
        r.throughput_ips, r.ram_peak_mb, r.vram_peak_mb, r.size_mb, r.size_compressed_mb,
        r.precision_macro, r.recall_macro, r.f1_macro, r.accuracy, r.top1_agreement,
@@ -118,10 +118,12 @@ SELECT r.sweep, r.run_id, r.hw_kind, r.hostname, r.node_id, r.model, r.compressi
 FROM r
 LEFT JOIN ref AS same
        ON same.run_id = r.run_id AND same.node_id = r.node_id AND same.model = r.model
-      AND same.batch_size = r.batch_size AND same.device = r.device
+      AND same.batch_size = r.batch_size AND same.scenario IS NOT DISTINCT FROM r.scenario
+      AND same.device = r.device
 LEFT JOIN ref AS cpu
        ON cpu.run_id = r.run_id AND cpu.node_id = r.node_id AND cpu.model = r.model
-      AND cpu.batch_size = r.batch_size AND cpu.device = 'cpu'
+      AND cpu.batch_size = r.batch_size AND cpu.scenario IS NOT DISTINCT FROM r.scenario
+      AND cpu.device = 'cpu'
 ORDER BY r.sweep, r.hw_kind, r.hostname, r.node_id, r.model, r.batch_size, r.backend,
          r.compression, r.device, r.dtype
 """

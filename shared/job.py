@@ -24,6 +24,7 @@ class Job:
     device: str
     batch_size: int
     measure: MeasureSpec
+    scenario: str = "latency"      # latency: one request at a time | throughput: the engine kept saturated
     node_key: str = "local"        # stable name of the node (label fleet.node or hostname)
     node_id: str = ""              # Ray's hex node id (changes when a node restarts)
     hostname: str = ""
@@ -43,6 +44,7 @@ class Job:
             "backend": self.backend,
             "device": self.device,
             "batch_size": self.batch_size,
+            "scenario": self.scenario,
             "measure": self.measure.model_dump(mode="json"),
             "node": self.node_key,
         }
@@ -51,7 +53,7 @@ class Job:
 
     def describe(self) -> str:
         return (f"{self.model.name}/{self.compression.name}/{self.backend}:{self.device}"
-                f"/bs{self.batch_size}@{self.node_key}")
+                f"/bs{self.batch_size}/{self.scenario}@{self.node_key}")
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Result:
     hostname: str
     hw_kind: str
     host_id: str = ""
+    scenario: str = "latency"
     status: str = "ok"
     stage: Optional[str] = None
     error: Optional[str] = None
@@ -101,6 +104,7 @@ class Result:
     window_end: Optional[str] = None
     first_ms: Optional[float] = None
     latency_device_p50_ms: Optional[float] = None   # GPU engines: inputs already on the device, no copies
+    streams: Optional[int] = None                    # throughput scenario: requests kept in flight
     iterations: Optional[int] = None
     measure_s: Optional[float] = None
     throughput_ips: Optional[float] = None
@@ -131,7 +135,7 @@ class Result:
         return cls(job_id=job.job_id, sweep=job.sweep, model=job.model.name,
                    compression=job.compression.name, backend=job.backend, device=job.device,
                    batch_size=job.batch_size, node_id=job.node_id, hostname=job.hostname,
-                   hw_kind=job.hw_kind, host_id=job.host_id, **kw)
+                   hw_kind=job.hw_kind, host_id=job.host_id, scenario=job.scenario, **kw)
 
     def to_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -154,6 +154,8 @@ class MeasureSpec(_Strict):
     max_cv_pct: float = Field(default=10.0, gt=0, le=1000)
     max_other_cpu_cores: float = Field(default=0.25, ge=0, le=4096)
     max_steal_pct: float = Field(default=5.0, ge=0, le=100)
+    # throughput scenario: concurrent requests in flight (default: the node's physical cores)
+    streams: Optional[int] = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _order(self) -> "MeasureSpec":
@@ -170,6 +172,7 @@ class Sweep(_Strict):
     backends: list[str] = Field(min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["auto"])
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    scenarios: list[Literal["latency", "throughput"]] = Field(default_factory=lambda: ["latency"], min_length=1)
     targets: list[str] = Field(default_factory=lambda: ["all"])
     measure: MeasureSpec = MeasureSpec()
     timeout_s: float = Field(default=900.0, gt=0)
@@ -195,6 +198,11 @@ class Sweep(_Strict):
         for i, b in enumerate(v):
             if b not in BACKENDS and b != "null":
                 raise ValueError(f"[{i}] unknown backend {b!r} (valid: {', '.join(BACKENDS)})")
+        return _unique(v)
+
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios(cls, v: list[str]) -> list[str]:
         return _unique(v)
 
     @field_validator("batch_sizes")
