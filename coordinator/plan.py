@@ -71,8 +71,9 @@ def plan(sweep: Sweep, nodes: list[NodeProfile], weights: Optional[dict[str, str
                     reason = None if have else node.unavailable_reason(backend)
                     for device in devices or ["cpu"]:
                         for bs, scenario in ((b, s) for b in sweep.batch_sizes for s in sweep.scenarios):
-                            job = Job(sweep=sweep.name, scenario=scenario, model=model, dataset=sweep.dataset, compression=comp,
-                                      backend=backend, device=device, batch_size=bs, measure=sweep.measure,
+                            job = Job(sweep=sweep.name, scenario=scenario, model=model, dataset=sweep.dataset,
+                                      compression=comp, backend=backend, device=device, batch_size=bs,
+                                      measure=sweep.measure,
                                       node_key=node.node_key, node_id=node.node_id, hostname=node.hostname,
                                       host_id=node.host_id,
                                       hw_kind=primary_kind(node, backend, device),

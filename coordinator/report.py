@@ -37,7 +37,9 @@ def _row(r: dict) -> list[Any]:
         status = f"{r['status']}: {r.get('stage') or ''} {r.get('error') or ''}".replace("  ", " ")
     else:   # an ok row that failed a validity rule says so, with its reasons
         status = "ok" if r.get("valid") is not False else f"invalid: {r.get('validity') or ''}"
-    bs = r["batch_size"] if r.get("scenario") in (None, "latency") else f"{r['batch_size']} x{r.get('streams') or '?'} thr"
+    bs = r["batch_size"]
+    if r.get("scenario") not in (None, "latency"):   # throughput: batch size x requests in flight
+        bs = f"{bs} x{r.get('streams') or '?'} thr"
     return [r["model"], r["compression"], r["backend"], r["device"], r.get("dtype"), bs,
             r.get("size_mb"), r.get("size_compressed_mb"), r.get("latency_p50_ms"), r.get("latency_p90_ms"),
             r.get("throughput_ips"), r.get("ram_peak_mb"), r.get("ram_delta_mb"), r.get("vram_peak_mb"), _prf(r),

@@ -65,7 +65,8 @@ def test_cv_bound():
 
 
 def test_proc_stat_parsing_and_interference_from_synthetic_readings():
-    busy, idle, steal = validity.parse_proc_stat(stat(1000, 10, 200, 5000, iowait=30, irq=5, softirq=5, steal=40), hz=100)
+    text = stat(1000, 10, 200, 5000, iowait=30, irq=5, softirq=5, steal=40)
+    busy, idle, steal = validity.parse_proc_stat(text, hz=100)
     assert (busy, idle, steal) == (pytest.approx(12.2), pytest.approx(50.3), pytest.approx(0.4))
     with pytest.raises(ValueError):
         validity.parse_proc_stat("intr 1\n")

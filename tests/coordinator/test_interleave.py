@@ -27,7 +27,8 @@ def test_rounds_go_a_b_c_a_b_c_with_one_window_each():
     assert [owner[r.job_id].backend for r in order] == ["pytorch", "onnxruntime", "openvino"] * 2 + [
         "pytorch", "onnxruntime"]
     assert all(r.measure.repeats == 1 and r.measure.p99_min_samples == 0 for r in order)
-    assert len({owner[r.job_id].job_id for r in order}) == 3 and all(r.job_id not in (a.job_id, b.job_id) for r in order)
+    assert len({owner[r.job_id].job_id for r in order}) == 3
+    assert all(r.job_id not in (a.job_id, b.job_id) for r in order)
 
 
 def test_merge_of_rounds():
