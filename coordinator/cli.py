@@ -56,9 +56,11 @@ def _validate(args) -> int:
     from fleetbench.shared.sweep import load_sweep
     sweep = load_sweep(args.sweep)
     check_inputs(sweep, Path(args.sweep))
-    per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes))
+    per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes)
+                * len(sweep.scenarios))
     print(f"{args.sweep}: ok — sweep {sweep.name!r}: {len(sweep.models)} model(s) x {len(sweep.compression)} "
           f"compression x {len(sweep.backends)} backend(s) x {len(sweep.batch_sizes)} batch size(s) "
+          f"x {len(sweep.scenarios)} scenario(s) "
           f"= {per_node} jobs per node and device; targets {', '.join(sweep.targets)}")
     return 0
 
