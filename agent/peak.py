@@ -1,6 +1,6 @@
 """How close to the limit: the model's FLOPs per item, and this node's measured GEMM peak per dtype.
 
-FLOPs come from torch.utils.flop_counter on one forward pass of the fp32 model at batch 1 (a
+FLOPs come from torch.utils.flop_counter over the fp32 reference pass the runner makes anyway, per item (a
 multiply-add counts 2). The peak is the best rate of a square matrix multiply in PyTorch with the
 job's threads, on the job's device, for the dtype the engine computes in (fp32, bf16, fp16, int8
 where PyTorch has the kernel); it is kept per node in $FLEETBENCH_CACHE/peaks.json, but only when

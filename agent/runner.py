@@ -120,11 +120,7 @@ def _execute(job: Job, res: Result, notes: list[str], weights: Optional[bytes], 
         _import_libraries()
     baseline_mb = measure.rss_mb()
     with stage("load"):
-        data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model)
-        if model is not None:
-            from fleetbench.agent.peak import model_flops
-            flops = model_flops(model, tuple(job.model.input_size))
-            res.gflops = flops / 1e9 if flops else None
+        data, model, onnx_source, reference = _load(job, weights, notes, threads, needs_model, res)
 
     with stage("compress"):
         model = _compress(job, model, data, notes, res)
@@ -194,7 +190,7 @@ def _efficiency(job: Job, res: Result, threads: int) -> list[str]:
     return why
 
 
-def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, needs_model: bool):
+def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, needs_model: bool, res: Result):
     """Dataset, fp32 model, and the fp32 eager model's predictions (the agreement reference)."""
     from fleetbench.agent.data import load_dataset
     data = load_dataset(job.dataset, tuple(job.model.input_size))
@@ -215,8 +211,12 @@ def _load(job: Job, weights: Optional[bytes], notes: list[str], threads: int, ne
     notes.extend(model_notes)
     import torch
     torch.set_num_threads(threads)
-    with torch.inference_mode():
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)   # FLOPs per item, counted on the reference pass itself
+    with torch.inference_mode(), counter:
         reference = predict(lambda x: model(torch.from_numpy(x)).numpy(), data.eval_x, 64)
+    items = -(-len(data.eval_x) // 64) * 64     # predict pads the last batch to 64
+    res.gflops = counter.get_total_flops() / items / 1e9 or None
     return data, model, None, reference
 
 
