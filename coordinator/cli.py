@@ -61,6 +61,12 @@ views: course (a row per result, named and judged), hardware (nodes side by side
     "compare": """examples:
   coordinator compare RUN_A RUN_B                     exit 1 when a row got slower than 10% and the noise
   coordinator compare RUN_A RUN_B --fail-above 25%    a looser gate for a noisy shared machine""",
+    "logs": """examples:
+  coordinator logs last                               tracebacks and output of the latest run's failed jobs
+  coordinator logs 20261129T1431 --job 3f2a           one job of a run (unique prefixes are enough)""",
+    "cache": """examples:
+  coordinator cache prune --older-than 30             this machine's cache: entries unused for 30 days
+  coordinator cache prune --older-than 0 --address HEAD:6379   every node of a cluster, everything""",
 }
 
 
