@@ -31,6 +31,7 @@ def make_job(model, measure, backend="onnxruntime"):
 
 class Files:
     name = "files"
+    cacheable = True
 
 
 def stored(job, tmp_path, files=None):
