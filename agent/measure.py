@@ -1,15 +1,22 @@
 """Honest measurement: a latency loop that keeps every sample, and a peak-RSS sampler."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import resource
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+from fleetbench.agent import validity
+from fleetbench.agent.energy import EnergyMeter
 from fleetbench.shared.sweep import MeasureSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,14 +46,20 @@ def summarize(samples_s: list[float] | np.ndarray) -> LatencyStats:
                         iterations=int(a.size), window_s=float(a.sum() / 1e3))
 
 
+def warm_up(fn: Callable[[], object], iters: int) -> None:
+    for _ in range(iters):
+        fn()
+
+
 def time_loop(fn: Callable[[], object], spec: MeasureSpec,
-              clock: Callable[[], float] = time.perf_counter) -> list[float]:
+              clock: Callable[[], float] = time.perf_counter, warmup: bool = True) -> list[float]:
     """Warm up, then time `fn` until both min_iters and min_duration_s are met, capped by max_duration_s.
 
     Returns every sample in seconds. `fn` must be synchronous (it returns when the work is done).
+    A window cut short by max_duration_s is not hidden: `validity.judge` marks it.
     """
-    for _ in range(spec.warmup_iters):
-        fn()
+    if warmup:
+        warm_up(fn, spec.warmup_iters)
     samples: list[float] = []
     start = clock()
     while True:
@@ -55,11 +68,106 @@ def time_loop(fn: Callable[[], object], spec: MeasureSpec,
         t1 = clock()
         samples.append(t1 - t0)
         elapsed = t1 - start
-        if elapsed >= spec.max_duration_s:
-            break
         if len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s:
             break
+        if elapsed >= spec.max_duration_s:
+            log.warning("timing stopped at max_duration_s %g s with %d of min_iters %d samples",
+                        spec.max_duration_s, len(samples), spec.min_iters)
+            break
     return samples
+
+
+def timed_window(fn: Callable[[], object], spec: MeasureSpec,
+                 gpu: Optional[validity.GpuWatch] = None, meter: Optional[EnergyMeter] = None) -> validity.Window:
+    """One timed window (no warm-up) with the machine's CPU and GPU state and energy read around it."""
+    if gpu is not None:
+        gpu.read()
+    joules = meter.read() if meter is not None else None
+    procs_before = validity.process_ticks()
+    before, started = validity.read_cpu(), time.time()
+    t0 = time.perf_counter()
+    samples = time_loop(fn, spec, warmup=False)
+    duration = time.perf_counter() - t0
+    after, ended = validity.read_cpu(), time.time()
+    joules_after = meter.read() if meter is not None else None
+    procs_after = validity.process_ticks()
+    gpu_reasons: tuple[str, ...] = ()
+    if gpu is not None:
+        gpu.read()
+        gpu_reasons = tuple(gpu.window_reasons())
+    cpu = validity.interference(before, after) if before and after else None
+    if cpu is not None:
+        top = validity.top_others(procs_before, procs_after, after.wall - before.wall)
+        cpu = dataclasses.replace(cpu, top=top)
+    return validity.Window(samples_s=samples, duration_s=duration, cpu=cpu, gpu_reasons=gpu_reasons,
+                           started=started, ended=ended, pid=os.getpid(),
+                           energy_j=joules_after - joules if joules is not None and joules_after is not None else None,
+                           energy_reason=meter.reason if meter is not None else None)
+
+
+def concurrent_loop(fn: Callable[[], object], spec: MeasureSpec, streams: int) -> tuple[list[float], float]:
+    """`streams` threads call `fn` back to back until, together, min_iters calls and min_duration_s
+    are reached (capped by max_duration_s). Returns every call's latency under load (seconds, in
+    order of completion) and the wall time: the throughput scenario's window."""
+    samples: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    go = threading.Barrier(streams + 1)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        go.wait()
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                with lock:
+                    samples.append(t1 - t0)
+        except BaseException as e:   # surfaces in the caller
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, name=f"stream-{i}", daemon=True) for i in range(streams)]
+    for t in threads:
+        t.start()
+    go.wait()
+    start = time.perf_counter()
+    while not stop.wait(0.01):
+        elapsed = time.perf_counter() - start
+        if (len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s) or elapsed >= spec.max_duration_s:
+            stop.set()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return samples, time.perf_counter() - start
+
+
+def throughput_window(fn: Callable[[], object], spec: MeasureSpec, streams: int) -> validity.Window:
+    """Warm every stream up, then one concurrent window with the machine's CPU state read around it."""
+    concurrent_loop(fn, spec.model_copy(update={"min_iters": max(streams, spec.warmup_iters), "min_duration_s": 0}),
+                    streams)
+    before, started = validity.read_cpu(), time.time()
+    samples, wall = concurrent_loop(fn, spec, streams)
+    after, ended = validity.read_cpu(), time.time()
+    cpu = validity.interference(before, after) if before and after else None
+    return validity.Window(samples_s=samples, duration_s=wall, cpu=cpu, started=started, ended=ended,
+                           pid=os.getpid(), energy_reason="energy: not read in the throughput scenario")
+
+
+def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,
+                    gpu_index: Optional[int] = None) -> list[validity.Window]:
+    """Warm up once, then `windows` timed windows back to back in this process."""
+    warm_up(fn, spec.warmup_iters)
+    gpu = validity.GpuWatch(gpu_index) if gpu_index is not None else None
+    meter = EnergyMeter(gpu_index)
+    try:
+        return [timed_window(fn, spec, gpu, meter) for _ in range(windows)]
+    finally:
+        meter.close()
+        if gpu is not None:
+            gpu.close()
 
 
 def rss_mb() -> float:

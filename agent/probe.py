@@ -35,6 +35,27 @@ def cpu_info() -> tuple[str, list[str]]:
     return model, [f for f in ISA_FLAGS if f in flags]
 
 
+def host_id(label: Optional[str] = None) -> str:
+    """The machine this node runs on: the `fleet.host` label where given, else its machine-id
+    (systemd, dbus), else the hostname.
+
+    Two Ray nodes on one machine (a GPU box's CPU and NVIDIA nodes, a test fleet) get the same id,
+    unlike their Ray node ids. Containers built from one image may share a machine-id without
+    sharing a machine, or see none: give such nodes a `fleet.host` label (`ray start --labels`).
+    """
+    if label:
+        return label
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    return "hostname:" + socket.gethostname()
+
+
 def versions() -> dict[str, Optional[str]]:
     out: dict[str, Optional[str]] = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -79,5 +100,6 @@ def probe(labels: Optional[dict[str, str]] = None) -> NodeProfile:
         hostname=hostname, kinds=detect_kinds(cpu_model, gpus, labels.get("fleet.kind")),
         cpu_model=cpu_model, cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         logical_cpus=os.cpu_count() or 1, isa_flags=flags, ram_mb=psutil.virtual_memory().total / 2**20,
-        node_key=labels.get("fleet.node") or hostname, labels=labels, gpus=gpus, driver=driver,
+        node_key=labels.get("fleet.node") or hostname, host_id=host_id(labels.get("fleet.host")),
+        labels=labels, gpus=gpus, driver=driver,
         openvino_devices=list(ov.get("devices") or []), versions=versions(), backends=backend_info)

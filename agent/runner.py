@@ -29,11 +29,14 @@ from fleetbench.agent.backends import Artifact, Backend, Engine, ExportContext
 from fleetbench.agent.backends import get as get_backend
 from fleetbench.agent.quality import batches, predict, quality
 from fleetbench.shared.errors import FleetError, StageError, Unsupported, one_line
-from fleetbench.shared.job import RESULT_COLUMNS, Job, Result
-from fleetbench.shared.vocab import Stage, Status
+from fleetbench.shared.job import RESULT_COLUMNS, SIDE_FIELDS, Job, Result
+from fleetbench.shared.vocab import BackendName, Stage, Status
 
 log = logging.getLogger(__name__)
 MB = 2**20
+# backends whose engines take concurrent calls from several threads (ONNX Runtime sessions and
+# PyTorch modules are thread-safe for inference); OpenVINO and TensorRT need their own async APIs
+THROUGHPUT_BACKENDS = (BackendName.ONNXRUNTIME, BackendName.PYTORCH, BackendName.TORCHSCRIPT)
 
 
 def _now() -> str:
@@ -70,6 +73,7 @@ class Loaded:
     onnx_source: Optional[Path]
     reference: Optional[np.ndarray]
     notes: list[str] = field(default_factory=list)
+    gflops: Optional[float] = None   # the fp32 model's GFLOPs per item, counted on the reference pass
 
 
 @dataclass(frozen=True)
@@ -101,19 +105,50 @@ class Built:
 
 @dataclass(frozen=True)
 class Measured:
-    """The measure stage (Result columns of the same names)."""
+    """The measure stage beside its timed windows: the first call, device-resident time, streams in flight."""
 
     first_ms: float
+    latency_device_p50_ms: Optional[float] = None
+    streams: Optional[int] = None   # throughput scenario: requests kept in flight
+
+
+@dataclass(frozen=True)
+class Timed:
+    """The timed windows (`timed`): latency figures, p50 interval, validity verdict, energy, raw samples."""
+
     latency_mean_ms: float
     latency_p50_ms: float
     latency_p90_ms: float
     latency_p99_ms: float
     latency_std_ms: float
     latency_min_ms: float
+    latency_p50_ci_low_ms: Optional[float]
+    latency_p50_ci_high_ms: Optional[float]
     iterations: int
     measure_s: float
     throughput_ips: float
-    latency_device_p50_ms: Optional[float] = None
+    repeats: int
+    window_p50s_ms: list[float]
+    window_iters: list[int]
+    samples_ms: list[float]
+    valid: bool
+    validity: Optional[str]
+    cv_pct: Optional[float]
+    other_cpu_cores: Optional[float]
+    cpu_steal_pct: Optional[float]
+    window_start: str
+    window_end: str
+    energy_j_per_item: Optional[float]
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """FLOPs per item of the fp32 model, the GFLOP/s achieved and their share of this node's GEMM peak."""
+
+    gflops: Optional[float]
+    achieved_gflops_s: Optional[float] = None
+    peak_gflops_s: Optional[float] = None
+    efficiency_pct: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -147,9 +182,10 @@ class Outcome:
         return out
 
 
-# Columns a stage record may fill: not the job's own (Result.for_job) nor notes (a record's notes join them).
-_COLUMNS = set(RESULT_COLUMNS) - {"job_id", "sweep", "model", "compression", "backend", "device", "batch_size",
-                                  "node_id", "hostname", "hw_kind", "notes"}
+# Fields a stage record may fill: not the job's own (Result.for_job) nor notes (a record's notes join them).
+_COLUMNS = set(RESULT_COLUMNS + SIDE_FIELDS) - {"job_id", "sweep", "model", "compression", "backend", "device",
+                                               "batch_size", "node_id", "hostname", "hw_kind", "host_id",
+                                               "scenario", "notes"}
 
 
 def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] = None,
@@ -200,6 +236,9 @@ def _backend_for(job: Job) -> Backend:
         raise Unsupported(f"{job.backend}: no device {job.device!r} on this node "
                           f"(has: {', '.join(avail.devices) or 'none'})")
     reason = backend.check(job) or compress.check(job, backend)
+    if job.scenario == "throughput" and (job.backend not in THROUGHPUT_BACKENDS or job.device != "cpu"):
+        reason = reason or (f"{job.backend}:{job.device}: the throughput scenario drives "
+                            f"{', '.join(THROUGHPUT_BACKENDS)} on cpu (concurrent calls); not this engine yet")
     if reason:
         raise Unsupported(reason)
     return backend
@@ -208,12 +247,16 @@ def _backend_for(job: Job) -> Backend:
 def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, stage) -> None:
     backend = _backend_for(job)
     threads = job.measure.threads or default_threads()
+    streams: Optional[int] = None
+    if job.scenario == "throughput":   # each of the streams gets its share of the threads
+        streams = job.measure.streams or threads
+        threads = max(1, threads // streams)
     if backend.needs_model:
         _import_libraries()
     baseline_mb = measure.rss_mb()
     with stage(Stage.LOAD):
         loaded = _load(job, weights, threads, backend.needs_model)
-    out.notes.extend(loaded.notes)
+    out.add(Efficiency(loaded.gflops), loaded.notes)
 
     with stage(Stage.COMPRESS):
         change = compress.apply(job, loaded.model, loaded.data.calib_x)
@@ -235,9 +278,17 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
         with stage(Stage.BUILD):
             t = time.perf_counter()
             engine = backend.load(artifact, job, threads)
-            out.add(Built(time.perf_counter() - t, engine.dtype, engine.threads, engine.provider))
+            built = Built(time.perf_counter() - t, engine.dtype, engine.threads, engine.provider)
+            out.add(built)
         with stage(Stage.MEASURE):
-            out.add(*_measure(engine, example, job))
+            windows = None
+            if job.scenario == "throughput":
+                windows = functools.partial(_throughput_windows, engine, example, job, streams or threads)
+            elif job.measure.repeat_mode == "process":
+                windows = functools.partial(fresh_process_windows, artifact, job, threads, example)
+            measured, timed_windows, notes = _measure(engine, example, job, windows, streams)
+            out.add(measured, notes)
+            out.add(timed_windows)
         with stage(Stage.EVALUATE):
             if backend.needs_model:
                 pred = predict(engine.run, loaded.data.eval_x, job.batch_size)
@@ -246,6 +297,7 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     out.add(Memory(mem.peak_mb, mem.peak_mb - baseline_mb, *vram),
             engine.notes())   # engine-specific notes (placement, caches, VRAM source)
     engine.close()
+    out.add(*_efficiency(job, loaded.gflops, timed_windows.throughput_ips, built.dtype, threads))
 
 
 def _export(job: Job, backend: Backend, ctx: ExportContext, workdir: Path) -> tuple[Artifact, Exported]:
@@ -262,6 +314,22 @@ def _export(job: Job, backend: Backend, ctx: ExportContext, workdir: Path) -> tu
         cache_hit = artifact.cache_hit
     return artifact, Exported(export_s, cache_hit, sizes.size_bytes(artifact.files) / MB,
                               sizes.compressed_bytes(artifact.files) / MB)
+
+
+def _efficiency(job: Job, gflops: Optional[float], throughput_ips: float, dtype: str,
+                threads: int) -> tuple[Efficiency, list[str]]:
+    """achieved GFLOP/s and its share of this node's GEMM peak for the row's dtype (after the job's
+    own measurement, so the probe never overlaps it)."""
+    if not gflops or not throughput_ips:
+        return Efficiency(gflops), []
+    achieved = gflops * throughput_ips
+    if job.device != "cpu" and not job.device.startswith("cuda"):
+        return Efficiency(gflops, achieved), [f"peak: no GEMM probe for device {job.device}"]
+    from fleetbench.agent.peak import node_peak
+    peak, why = node_peak(dtype or "fp32", threads, job.device, job.measure.max_other_cpu_cores)
+    if not peak:
+        return Efficiency(gflops, achieved), why
+    return Efficiency(gflops, achieved, peak, 100.0 * achieved / peak), why
 
 
 def _load(job: Job, weights: Optional[bytes], threads: int, needs_model: bool) -> Loaded:
@@ -289,19 +357,105 @@ def _load(job: Job, weights: Optional[bytes], threads: int, needs_model: bool) -
     model, model_notes = load_model(job.model, checkpoint)
     import torch
     torch.set_num_threads(threads)
-    with torch.inference_mode():
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)   # FLOPs per item, counted on the reference pass itself
+    with torch.inference_mode(), counter:
         reference = predict(lambda x: model(torch.from_numpy(x)).numpy(), data.eval_x, 64)
-    return Loaded(data, model, None, reference, list(model_notes))
+    items = -(-len(data.eval_x) // 64) * 64     # predict pads the last batch to 64
+    gflops = counter.get_total_flops() / items / 1e9 or None
+    return Loaded(data, model, None, reference, list(model_notes), gflops)
 
 
-def _measure(engine: Engine, example: np.ndarray, job: Job) -> tuple[Measured, list[str]]:
+def _measure(engine: Engine, example: np.ndarray, job: Job, windows_fn: Optional[Callable[[], list]] = None,
+             streams: Optional[int] = None) -> tuple[Measured, Timed, list[str]]:
     t = time.perf_counter()
     engine.run(example)
     first_ms = (time.perf_counter() - t) * 1e3
-    stats = measure.summarize(measure.time_loop(lambda: engine.run(example), job.measure))
-    device_p50, notes = _measure_device_resident(engine, example, job)
-    return Measured(first_ms, stats.mean_ms, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.std_ms, stats.min_ms,
-                    stats.iterations, stats.window_s, stats.throughput(job.batch_size), device_p50), notes
+    if windows_fn is None:
+        windows = measure.measure_windows(lambda: engine.run(example), job.measure, job.measure.repeats,
+                                          gpu_index=_gpu_index(job))
+    else:
+        windows = windows_fn()
+    timed_windows, notes = timed(windows, job)
+    device_p50, device_notes = _measure_device_resident(engine, example, job)
+    return Measured(first_ms, device_p50, streams), timed_windows, notes + device_notes
+
+
+def _throughput_windows(engine, example: np.ndarray, job: Job, streams: int) -> list:
+    return [measure.throughput_window(lambda: engine.run(example), job.measure, streams)
+            for _ in range(job.measure.repeats)]
+
+
+def fresh_process_windows(artifact, job: Job, threads: int, example: np.ndarray) -> list:
+    """`repeats` windows, each in a fresh process that loads the engine, warms up and times one window
+    (repeat_mode: process): what one process's allocator, JIT or thread placement did is then not
+    repeated in every window."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    windows = []
+    for _ in range(job.measure.repeats):
+        with ctx.Pool(1) as pool:
+            windows.append(pool.apply(_window_in_this_process, (artifact, job, threads, example)))
+    return windows
+
+
+def _window_in_this_process(artifact, job: Job, threads: int, example: np.ndarray):
+    engine = get_backend(job.backend).load(artifact, job, threads)
+    try:
+        engine.run(example)
+        return measure.measure_windows(lambda: engine.run(example), job.measure, 1, gpu_index=_gpu_index(job))[0]
+    finally:
+        engine.close()
+
+
+def _gpu_index(job: Job) -> Optional[int]:
+    from fleetbench.agent.gpu import device_index
+    on_gpu = job.device.startswith("cuda") or job.backend == BackendName.TENSORRT
+    return device_index(job.device) if on_gpu else None
+
+
+def timed(windows: list, job: Job) -> tuple[Timed, list[str]]:
+    """A row's latency figures, p50 interval, validity verdict, energy and raw samples from its timed
+    windows, and notes for the row (why energy is missing)."""
+    from fleetbench.agent import validity
+    from fleetbench.shared.stats import p50_with_ci
+    samples = [s for w in windows for s in w.samples_s]
+    stats = measure.summarize(samples)
+    per_window = [measure.summarize(w.samples_s) for w in windows]
+    window_p50s = [w.p50_ms for w in per_window]
+    samples_ms = [s * 1e3 for s in samples]
+    p50, ci_low, ci_high = p50_with_ci(window_p50s, samples_ms)
+    measure_s, throughput = stats.window_s, stats.throughput(job.batch_size)
+    if job.scenario == "throughput":   # concurrent calls: items over the windows' wall time
+        measure_s = sum(w.duration_s for w in windows)
+        throughput = job.batch_size * stats.iterations / measure_s
+    reasons: list[str] = []
+    for i, w in enumerate(windows):
+        prefix = f"window {i + 1}: " if len(windows) > 1 else ""
+        reasons.extend(prefix + r for r in validity.judge(w, job.measure))
+    reasons.extend(validity.judge_tail(len(samples), job.measure))
+    cvs = [c for c in (validity.cv_pct(w.samples_s) for w in windows) if c is not None]
+    cpu = [w.cpu for w in windows if w.cpu is not None]
+    energy = [w.energy_j for w in windows]
+    per_item = sum(energy) / (stats.iterations * job.batch_size) if all(e is not None for e in energy) else None
+    notes = [] if per_item is not None else [
+        f"{next((w.energy_reason for w in windows if w.energy_reason), 'energy: not reported')}: "
+        "energy_j_per_item left empty"]
+    return Timed(
+        latency_mean_ms=stats.mean_ms, latency_p50_ms=p50, latency_p90_ms=stats.p90_ms,
+        latency_p99_ms=stats.p99_ms, latency_std_ms=stats.std_ms, latency_min_ms=stats.min_ms,
+        latency_p50_ci_low_ms=ci_low, latency_p50_ci_high_ms=ci_high, iterations=stats.iterations,
+        measure_s=measure_s, throughput_ips=throughput, repeats=len(windows), window_p50s_ms=window_p50s,
+        window_iters=[w.iterations for w in per_window], samples_ms=samples_ms,
+        valid=not reasons, validity="; ".join(reasons) or None, cv_pct=max(cvs) if cvs else None,
+        other_cpu_cores=max(c.other_cpu_cores for c in cpu) if cpu else None,
+        cpu_steal_pct=max(c.steal_pct for c in cpu) if cpu else None,
+        window_start=_iso(windows[0].started), window_end=_iso(windows[-1].ended), energy_j_per_item=per_item,
+    ), notes
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _measure_device_resident(engine: Engine, example: np.ndarray, job: Job) -> tuple[Optional[float], list[str]]:

@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
     run.add_argument("--resume", action="store_true", help="continue the sweep's latest run: skip jobs already ok")
     run.add_argument("--no-progress", action="store_true", help="no progress display")
+    run.add_argument("--repeat-interleaved", action="store_true",
+                     help="with measure.repeats N > 1: run each node's jobs in N rounds (A B C A B C ...), "
+                          "one timed window per round, so the machine's drift hits every job alike")
     val = add("validate", "check a sweep file and everything `run` checks before the fleet starts")
     val.add_argument("sweep", help="path to sweep.yaml")
     val.add_argument("--db", default="results.duckdb", help="results file `run` would write (checked, not written)")
@@ -201,9 +204,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _validate(args) -> int:
     from fleetbench.coordinator.run import preflight
     sweep = preflight(args.sweep, db=args.db).sweep
-    per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes))
+    per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes)
+                * len(sweep.scenarios))
     print(f"{args.sweep}: ok — sweep {sweep.name!r}: {len(sweep.models)} model(s) x {len(sweep.compression)} "
           f"compression x {len(sweep.backends)} backend(s) x {len(sweep.batch_sizes)} batch size(s) "
+          f"x {len(sweep.scenarios)} scenario(s) "
           f"= {per_node} jobs per node and device; targets {', '.join(sweep.targets)}")
     if not args.address:
         print("targets: not checked against a fleet (give --address to check them against a running cluster)")
@@ -394,7 +399,7 @@ def _compare(args) -> int:
 def _run(args) -> int:
     from fleetbench.coordinator.run import run_sweep
     summary = run_sweep(args.sweep, db=args.db, address=args.address, resume=args.resume,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, interleaved=args.repeat_interleaved)
     if summary is None:
         return EXIT_FAILED_ROWS
     return EXIT_FAILED_ROWS if summary.get("failed") else EXIT_OK

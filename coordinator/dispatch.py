@@ -81,6 +81,7 @@ class Dispatcher:
         self.pending: dict[str, deque] = defaultdict(deque)      # node_id -> jobs not yet handed to Ray
         self.in_flight: Counter = Counter()                      # node_id -> generators in self.running
         self.gone: dict[str, str] = {}                           # node_id -> node_key of a node that left
+        self.host_of: dict[str, str] = {}                        # node_id -> host_id (machine-id)
         self.nodes: dict[str, dict] = {}
         self.weights: dict[str, "ray.ObjectRef"] = {}
 
@@ -89,6 +90,8 @@ class Dispatcher:
         self.nodes.update({n["NodeID"]: n for n in alive_nodes()})
         for job in jobs:
             self.pending[job.node_id].append(job)
+            if job.host_id:
+                self.host_of.setdefault(job.node_id, job.host_id)
         for node_id in list(self.pending):
             self._fill(node_id)
 
@@ -106,13 +109,28 @@ class Dispatcher:
 
     # -- per node queues ---------------------------------------------------------------------
 
+    def host_mates(self, node_id: str) -> list[str]:
+        """The other nodes on this node's machine, in turn after it (each node's slot is its own, so
+        nodes sharing a machine must take turns here: one timed job per machine at a time)."""
+        host = self.host_of.get(node_id)
+        if not host:
+            return []
+        same = sorted(n for n, h in self.host_of.items() if h == host)
+        i = same.index(node_id)
+        return same[i + 1:] + same[:i]
+
     def _fill(self, node_id: str) -> None:
-        """Hand Ray the node's next jobs, up to the in-flight limit."""
+        """Hand Ray the node's next jobs, up to the in-flight limit (1, and only while no other node
+        of its machine has one, where nodes share a machine)."""
         jobs = self.pending.get(node_id)
         if jobs and (node_id in self.gone or node_id not in self.nodes):
             self._node_gone(node_id, jobs[0].node_key)
             return
-        while jobs and self.in_flight[node_id] < self.per_node:
+        mates = self.host_mates(node_id)
+        if any(self.in_flight[m] for m in mates):
+            return
+        limit = 1 if mates else self.per_node
+        while jobs and self.in_flight[node_id] < limit:
             job = jobs.popleft()
             gen = agent_task.options(num_returns="streaming", **node_options(self.nodes[node_id])).remote(
                 job, self.weights.get(job.model.name))
@@ -134,6 +152,8 @@ class Dispatcher:
         self.on_result(result)
         if result.status == "failed":
             self.on_log(result, state.log or {"reason": result.error})
+        for mate in self.host_mates(node_id):   # the machine's other nodes take their turn first
+            self._fill(mate)
         self._fill(node_id)
 
     # -- events --------------------------------------------------------------------------------

@@ -66,10 +66,12 @@ def plan(sweep: Sweep, nodes: list[NodeProfile], weights: Optional[dict[str, str
                     devices = have if sweep.devices == ["auto"] else sweep.devices
                     reason = None if have else node.unavailable_reason(backend)
                     for device in devices or ["cpu"]:
-                        for bs in sweep.batch_sizes:
-                            job = Job(sweep=sweep.name, model=model, dataset=sweep.dataset, compression=comp,
-                                      backend=backend, device=device, batch_size=bs, measure=sweep.measure,
+                        for bs, scenario in ((b, s) for b in sweep.batch_sizes for s in sweep.scenarios):
+                            job = Job(sweep=sweep.name, scenario=scenario, model=model, dataset=sweep.dataset,
+                                      compression=comp, backend=backend, device=device, batch_size=bs,
+                                      measure=sweep.measure,
                                       node_key=node.node_key, node_id=node.node_id, hostname=node.hostname,
+                                      host_id=node.host_id,
                                       hw_kind=primary_kind(node, backend, device),
                                       weights_sha256=weights.get(model.name), timeout_s=sweep.timeout_s)
                             why = reason or (None if device in have else

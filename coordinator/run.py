@@ -142,11 +142,16 @@ def _payload(path: Path, where: str = "") -> bytes:
 
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
-              resume: bool = False, progress: bool = True, out=sys.stdout) -> Optional[Counter]:
+              resume: bool = False, progress: bool = True, out=sys.stdout,
+              interleaved: bool = False) -> Optional[Counter]:
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write.
 
     SIGINT or SIGTERM cancels the in-flight jobs, marks the run `interrupted`, stops the embedded Ray
-    and raises Interrupted (finished rows are kept; --resume runs the rest)."""
+    and raises Interrupted (finished rows are kept; --resume runs the rest).
+
+    `interleaved`: with `measure.repeats` N > 1, each node runs its jobs in N rounds (A B C A B C ...),
+    one window per round, merged into one row per job (coordinator.interleave).
+    """
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
@@ -157,7 +162,8 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
         try:
             where = cluster.connect(address)
             signals.arm()   # again: ray.init installs a SIGTERM handler of its own
-            return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals)
+            return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals,
+                                  interleaved)
         except KeyboardInterrupt as e:
             stop = signals.interrupted(e)
             stop.hint = (f"rows stored so far are kept in {db}; run the missing jobs with: "
@@ -206,7 +212,8 @@ def interruptible():
             signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
-def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals) -> Counter:
+def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals,
+                   interleaved: bool = False) -> Counter:
     from fleetbench.coordinator import cluster
     from fleetbench.coordinator.store import Store
     profiles = cluster.discover()
@@ -223,7 +230,7 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
               f"{len(done)} already ok, {len(jobs)} to run", file=out)
         try:
             names = {p.node_id: p.node_key for p in the_plan.nodes}
-            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress, names)
+            counts = _dispatch(store, run_id, the_plan.unsupported, jobs, payloads, progress, names, interleaved)
         except KeyboardInterrupt as e:
             stop = signals.interrupted(e)
             store.finish_run(run_id, "interrupted")
@@ -275,15 +282,35 @@ class Progress:
 
 
 def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dict[str, bytes], progress: bool,
-              names: dict[str, str]) -> Counter:
+              names: dict[str, str], interleaved: bool = False) -> Counter:
     import ray
 
     from fleetbench.coordinator.dispatch import Dispatcher
+    from fleetbench.coordinator.hosts import HostWindows
+    from fleetbench.coordinator.interleave import Collector, rounds
 
-    bar = Progress(len(unsupported) + len(jobs), names, progress)
+    total = len(unsupported) + len(jobs)   # rows to come: one per job (interleaved rounds merge into it)
+    windows = HostWindows()
+    collector = None
+    if interleaved and any(j.measure.repeats > 1 for j in jobs):
+        jobs, owner = rounds(jobs)
+        collector = Collector(owner)
+    bar = Progress(total, names, progress)
 
     def put(result: Result) -> None:
         result.run_id = run_id
+        for job_id, reason in windows.check(result):   # rows that measured each other on one machine
+            waiting = collector.pending(job_id) if collector else None
+            if waiting is not None:
+                waiting.valid = False
+                waiting.validity = f"{waiting.validity}; {reason}" if waiting.validity else reason
+            else:
+                store.mark_invalid(run_id, collector.owner[job_id].job_id if collector and job_id in collector.owner
+                                   else job_id, reason)
+        if collector is not None:
+            result = collector.add(result)
+            if result is None:      # more rounds of this job to come
+                return
         store.put_result(result)
         bar.result(result)
 

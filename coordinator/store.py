@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 _SQL_TYPES = {float: "DOUBLE", int: "BIGINT", bool: "BOOLEAN", str: "VARCHAR"}
-_TIMESTAMP_COLUMNS = frozenset({"started_at", "finished_at"})
+_TIMESTAMP_COLUMNS = frozenset({"started_at", "finished_at", "window_start", "window_end"})
 _INSERT_RESULT = (f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in RESULT_COLUMNS)})")
 _RESULT_KEY = ("run_id", "job_id")
@@ -62,6 +62,8 @@ def _sql_type(name: str, hint: Any) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if typing.get_origin(hint) is Union and len(args) == 1 else hint
     try:
+        if typing.get_origin(base) is list:
+            return _SQL_TYPES[typing.get_args(base)[0]] + "[]"
         return _SQL_TYPES[base]
     except KeyError:
         raise TypeError(f"Result.{name}: no SQL type for {hint!r}") from None
@@ -90,7 +92,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     run_id VARCHAR, node_id VARCHAR, node_key VARCHAR, hostname VARCHAR, kinds VARCHAR[],
     cpu_model VARCHAR, cores INTEGER, logical_cpus INTEGER, isa_flags JSON, ram_mb DOUBLE,
     gpus JSON, driver VARCHAR, openvino_devices JSON, labels JSON, versions JSON, backends JSON,
-    PRIMARY KEY (run_id, node_id))"""
+    host_id VARCHAR, PRIMARY KEY (run_id, node_id))"""
+
+# Every timed sample of a row, in order (all windows concatenated; results.window_iters splits them).
+_SAMPLES_DDL = """
+CREATE TABLE IF NOT EXISTS samples (
+    run_id VARCHAR, job_id VARCHAR, samples_ms DOUBLE[], PRIMARY KEY (run_id, job_id))"""
 
 _LOGS_DDL = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -99,36 +106,39 @@ CREATE TABLE IF NOT EXISTS logs (
 
 _NODE_COLUMNS = ("run_id", "node_id", "node_key", "hostname", "kinds", "cpu_model", "cores",
                  "logical_cpus", "isa_flags", "ram_mb", "gpus", "driver", "openvino_devices",
-                 "labels", "versions", "backends")
+                 "labels", "versions", "backends", "host_id")
 _NODE_JSON = frozenset({"isa_flags", "gpus", "openvino_devices", "labels", "versions", "backends"})
 
-COMPARISON_SQL = """
-CREATE OR REPLACE VIEW comparison AS
--- One row per result of the latest run (latest started_at in `sweeps`) of every sweep:
+_COMPARISON_TEMPLATE = """
+CREATE OR REPLACE VIEW {name} AS
+-- {what}
 --   sweep, run_id, hw_kind, hostname, node_id, model, compression, backend, device, dtype,
---   batch_size                  what was measured, where
+--   batch_size, scenario, streams  what was measured, where (scenario: latency | throughput)
 --   status                      ok | failed | unsupported
+--   valid, validity             the row's verdict and the reasons when invalid (NULL: no verdict)
+--   latency_p50_ci_low_ms, latency_p50_ci_high_ms   95% interval of the p50
 --   latency_p50_ms, latency_mean_ms, throughput_ips, ram_peak_mb, vram_peak_mb,
 --   size_mb, size_compressed_mb, precision_macro, recall_macro, f1_macro, accuracy,
 --   top1_agreement              the figures (NULL where not measured)
 --   speedup_vs_ref              ref p50 / this p50; the reference is the ok row of the same run,
---                               node, model and batch size with backend 'pytorch', compression
+--                               node, model, batch size and scenario with backend 'pytorch', compression
 --                               'none' on the same device, else on 'cpu'; NULL without one
 --   ref_device                  the device of that reference (NULL without one)
 --   error                       the one-line reason of a failed or unsupported row
 WITH latest AS (
     SELECT arg_max(run_id, started_at) AS run_id FROM sweeps GROUP BY sweep
 ), r AS (
-    SELECT results.* FROM results JOIN latest USING (run_id)
+    SELECT results.* FROM results JOIN latest USING (run_id) WHERE {where}
 ), ref AS (
-    SELECT run_id, node_id, model, batch_size, device, min(latency_p50_ms) AS p50
+    SELECT run_id, node_id, model, batch_size, scenario, device, min(latency_p50_ms) AS p50
     FROM r
     WHERE backend = 'pytorch' AND compression = 'none' AND status = 'ok'
       AND latency_p50_ms > 0
     GROUP BY ALL
 )
 SELECT r.sweep, r.run_id, r.hw_kind, r.hostname, r.node_id, r.model, r.compression, r.backend,
-       r.device, r.dtype, r.batch_size, r.status, r.latency_p50_ms, r.latency_mean_ms,
+       r.device, r.dtype, r.batch_size, r.scenario, r.streams, r.status, r.valid, r.validity, r.latency_p50_ms,
+       r.latency_p50_ci_low_ms, r.latency_p50_ci_high_ms, r.latency_mean_ms,
        r.throughput_ips, r.ram_peak_mb, r.vram_peak_mb, r.size_mb, r.size_compressed_mb,
        r.precision_macro, r.recall_macro, r.f1_macro, r.accuracy, r.top1_agreement,
        CASE WHEN r.latency_p50_ms > 0
@@ -139,13 +149,27 @@ SELECT r.sweep, r.run_id, r.hw_kind, r.hostname, r.node_id, r.model, r.compressi
 FROM r
 LEFT JOIN ref AS same
        ON same.run_id = r.run_id AND same.node_id = r.node_id AND same.model = r.model
-      AND same.batch_size = r.batch_size AND same.device = r.device
+      AND same.batch_size = r.batch_size AND same.scenario IS NOT DISTINCT FROM r.scenario
+      AND same.device = r.device
 LEFT JOIN ref AS cpu
        ON cpu.run_id = r.run_id AND cpu.node_id = r.node_id AND cpu.model = r.model
-      AND cpu.batch_size = r.batch_size AND cpu.device = 'cpu'
+      AND cpu.batch_size = r.batch_size AND cpu.scenario IS NOT DISTINCT FROM r.scenario
+      AND cpu.device = 'cpu'
 ORDER BY r.sweep, r.hw_kind, r.hostname, r.node_id, r.model, r.batch_size, r.backend,
          r.compression, r.device, r.dtype
 """
+
+# `comparison` leaves out ok rows judged invalid (failed and unsupported rows stay: they carry their
+# reason); `comparison_all` keeps every row. Rows without a verdict (older files) count as valid.
+COMPARISON_SQL = ";\n".join([
+    _COMPARISON_TEMPLATE.format(
+        name="comparison", where="results.status <> 'ok' OR results.valid IS NOT FALSE",
+        what="One row per result of the latest run (latest started_at in `sweeps`) of every sweep, "
+             "invalid ok rows left out (see comparison_all):"),
+    _COMPARISON_TEMPLATE.format(
+        name="comparison_all", where="true",
+        what="As `comparison`, with every row of the latest runs, invalid ones included:"),
+])
 
 
 def _text(value: Any, limit: int = 64_000) -> Optional[str]:
@@ -175,7 +199,8 @@ def _to_timestamp(value: Any) -> Optional[dt.datetime]:
     return stamp
 
 
-SCHEMA_VERSION = 2   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
+SCHEMA_VERSION = 3   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
+# 2: `meta`, `logs`; 3: validity columns, `samples`, nodes.host_id, the `comparison_all` view
 APPLICATION = "fleetbench"
 _OWN_TABLES = frozenset({"sweeps", "nodes", "results"})
 _SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
@@ -502,7 +527,9 @@ class Store:
         for name, sql in _SWEEPS_ADDED.items():
             con.execute(f"ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS {name} {sql}")
         con.execute(_NODES_DDL)
+        con.execute("ALTER TABLE nodes ADD COLUMN IF NOT EXISTS host_id VARCHAR")
         con.execute(_LOGS_DDL)
+        con.execute(_SAMPLES_DDL)
         con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
                           f"    PRIMARY KEY ({', '.join(_RESULT_KEY)}))")
         have = {row[0] for row in con.execute(
@@ -512,7 +539,8 @@ class Store:
             if name not in have:
                 log.info("%s: adding column results.%s %s", self.path, name, sql)
                 con.execute(f"ALTER TABLE results ADD COLUMN {name} {sql}")
-        con.execute(COMPARISON_SQL)
+        for statement in COMPARISON_SQL.split(";\n"):
+            con.execute(statement)
         views.install(con)
 
     # -- runs --------------------------------------------------------------------------------
@@ -566,8 +594,14 @@ class Store:
         """Insert or replace rows in one opening of the file (one transaction per row, as each is committed)."""
         values = [self._values(r) for r in results]
         with self._connection() as con:
-            for row in values:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
-                try:
+            for result, row in zip(results, values):
+                if result.samples_ms is not None:   # first, so a stored row always has its samples
+                    try:
+                        con.execute("INSERT OR REPLACE INTO samples (run_id, job_id, samples_ms) VALUES (?, ?, ?)",
+                                    [result.run_id, result.job_id, list(result.samples_ms)])
+                    except duckdb.Error as exc:
+                        raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
+                try:   # a plain INSERT is ~3x cheaper; only a re-run row (resume) needs the replace
                     con.execute(_INSERT_RESULT, row)   # autocommit: one transaction per row
                     continue
                 except duckdb.ConstraintException:
@@ -595,6 +629,16 @@ class Store:
         self._execute("INSERT OR REPLACE INTO logs (run_id, job_id, logged_at, stage, reason, traceback, output) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
                       [run_id, job_id, _utcnow(), stage, _text(reason), _text(traceback), _text(output)])
+
+    def mark_invalid(self, run_id: str, job_id: str, reason: str) -> None:
+        """Add `reason` to a stored ok row's verdict (a fact learned after the row arrived)."""
+        self._execute("UPDATE results SET valid = false, validity = CASE WHEN validity IS NULL THEN ? "
+                      "ELSE validity || '; ' || ? END WHERE run_id = ? AND job_id = ? AND status = 'ok'",
+                      [reason, reason, run_id, job_id])
+
+    def samples(self, run_id: str, job_id: str) -> Optional[list[float]]:
+        _, rows = self._fetch("SELECT samples_ms FROM samples WHERE run_id = ? AND job_id = ?", [run_id, job_id])
+        return list(rows[0][0]) if rows else None
 
     def done_job_ids(self, run_id: str) -> set[str]:
         """Job ids with status 'ok' in `run_id` (what a resumed run can skip)."""

@@ -20,11 +20,12 @@ from fleetbench.shared.vocab import Status
 STATUSES = tuple(Status)
 
 IDENTITY = ("job_id", "sweep", "model", "compression", "backend", "device", "batch_size", "node_id",
-            "hostname", "hw_kind", "run_id")
+            "hostname", "hw_kind", "host_id", "scenario", "run_id")
 FRACTIONS = frozenset({"accuracy", "precision_macro", "recall_macro", "f1_macro", "top1_agreement", "sparsity"})
 SIGNED = frozenset({"ram_delta_mb"})           # peak over a baseline: may be slightly below it
-TIMESTAMPS = frozenset({"started_at", "finished_at"})
+TIMESTAMPS = frozenset({"started_at", "finished_at", "window_start", "window_end"})
 MAX_TEXT = 4000
+MAX_LIST = 10_000_000                          # samples of one row (every window's), at most
 _FIELDS = {f.name: f for f in dataclasses.fields(Result)}
 
 
@@ -68,6 +69,15 @@ def _field_problem(name: str, kind: str, value: Any) -> Optional[str]:
     """Why one measured field's value is not valid for its declared type, or None."""
     if name in TIMESTAMPS:
         return None if _is_stamp(value) else f"{name}={_show(value)} is not an ISO timestamp"
+    if "list[" in kind:   # a list of figures: each one checked as its element type
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            return f"{name} is not a list of at most {MAX_LIST} figures"
+        element = kind.split("list[", 1)[1]
+        for i, item in enumerate(value):
+            why = _field_problem(f"{name}[{i}]", element, item)
+            if why:
+                return why
+        return None
     if "str" in kind:
         ok = isinstance(value, str) and len(value) <= MAX_TEXT
         return None if ok else f"{name} is not a text of at most {MAX_TEXT} characters"

@@ -105,7 +105,8 @@ def trt_used() -> set[str]:
 
 def nvml_used() -> set[str]:
     text = "\n".join(p.read_text() for p in (ROOT / "agent").rglob("*.py"))
-    return set(re.findall(r"\b(?:pynvml|_nvml|nvml)\.((?:nvml|NVML)\w+)", text))
+    names = set(re.findall(r"\b(?:pynvml|_nvml|nvml|nv)\.((?:nvml|NVML)\w+)", text))
+    return names | set(re.findall(r"getattr\(\w+, \"(nvml\w+)\"", text))   # getattr(nv, "nvmlX", None)
 
 
 def download(dest: Path) -> tuple[Path, Path]:

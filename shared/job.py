@@ -23,10 +23,12 @@ class Job:
     device: str
     batch_size: int
     measure: MeasureSpec
+    scenario: str = "latency"      # latency: one request at a time | throughput: the engine kept saturated
     node_key: str = "local"        # stable name of the node (label fleet.node or hostname)
     node_id: str = ""              # Ray's hex node id (changes when a node restarts)
     hostname: str = ""
     hw_kind: str = HwKind.CPU
+    host_id: str = ""              # the machine (machine-id): several Ray nodes may share one host
     weights_sha256: Optional[str] = None   # content hash of the checkpoint file, when there is one
     timeout_s: float = 900.0
 
@@ -41,6 +43,7 @@ class Job:
             "backend": self.backend,
             "device": self.device,
             "batch_size": self.batch_size,
+            "scenario": self.scenario,
             "measure": self.measure.model_dump(mode="json"),
             "node": self.node_key,
         }
@@ -49,7 +52,7 @@ class Job:
 
     def describe(self) -> str:
         return (f"{self.model.name}/{self.compression.name}/{self.backend}:{self.device}"
-                f"/bs{self.batch_size}@{self.node_key}")
+                f"/bs{self.batch_size}/{self.scenario}@{self.node_key}")
 
 
 @dataclass
@@ -66,6 +69,8 @@ class Result:
     node_id: str
     hostname: str
     hw_kind: str
+    host_id: str = ""
+    scenario: str = "latency"
     status: str = Status.OK
     stage: Optional[str] = None
     error: Optional[str] = None
@@ -79,8 +84,26 @@ class Result:
     latency_p99_ms: Optional[float] = None
     latency_std_ms: Optional[float] = None
     latency_min_ms: Optional[float] = None
+    latency_p50_ci_low_ms: Optional[float] = None    # 95% interval of the p50 (shared.stats.p50_with_ci)
+    latency_p50_ci_high_ms: Optional[float] = None
+    valid: Optional[bool] = None                     # ok rows: did the window pass every validity rule
+    validity: Optional[str] = None                   # the reasons it did not ('; '-joined), NULL when valid
+    cv_pct: Optional[float] = None                   # largest coefficient of variation of a window's samples
+    other_cpu_cores: Optional[float] = None          # most cores other processes used during a window
+    cpu_steal_pct: Optional[float] = None            # most CPU steal during a window
+    repeats: Optional[int] = None                    # timed windows
+    window_p50s_ms: Optional[list[float]] = None     # each window's p50
+    window_iters: Optional[list[int]] = None         # each window's sample count (splits samples_ms)
+    gflops: Optional[float] = None                   # the fp32 model's GFLOPs per item (torch.utils.flop_counter)
+    achieved_gflops_s: Optional[float] = None        # gflops x throughput_ips
+    peak_gflops_s: Optional[float] = None            # this node's GEMM peak for the row's dtype and threads
+    efficiency_pct: Optional[float] = None           # achieved / peak
+    energy_j_per_item: Optional[float] = None        # RAPL (CPU package) or NVML (GPU) joules per item; NULL: see notes
+    window_start: Optional[str] = None               # wall clock of the first window's start, last one's end
+    window_end: Optional[str] = None
     first_ms: Optional[float] = None
     latency_device_p50_ms: Optional[float] = None   # GPU engines: inputs already on the device, no copies
+    streams: Optional[int] = None                    # throughput scenario: requests kept in flight
     iterations: Optional[int] = None
     measure_s: Optional[float] = None
     throughput_ips: Optional[float] = None
@@ -104,19 +127,21 @@ class Result:
     notes: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    samples_ms: Optional[list[float]] = None         # every timed sample in order (all windows): the `samples` table
 
     @classmethod
     def for_job(cls, job: Job, **kw: Any) -> "Result":
         return cls(job_id=job.job_id, sweep=job.sweep, model=job.model.name,
                    compression=job.compression.name, backend=job.backend, device=job.device,
                    batch_size=job.batch_size, node_id=job.node_id, hostname=job.hostname,
-                   hw_kind=job.hw_kind, **kw)
+                   hw_kind=job.hw_kind, host_id=job.host_id, scenario=job.scenario, **kw)
 
     def to_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(Result))
+SIDE_FIELDS = ("samples_ms",)   # stored in their own table, not as `results` columns
+RESULT_COLUMNS = tuple(f.name for f in dataclasses.fields(Result) if f.name not in SIDE_FIELDS)
 
 
 @dataclass
@@ -132,6 +157,7 @@ class NodeProfile:
     ram_mb: float
     node_id: str = ""
     node_key: str = ""
+    host_id: str = ""                 # machine-id of the host: nodes with the same one share a machine
     labels: dict[str, str] = field(default_factory=dict)
     gpus: list[dict[str, Any]] = field(default_factory=list)
     driver: Optional[str] = None

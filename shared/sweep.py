@@ -188,6 +188,16 @@ class MeasureSpec(_Strict):
     min_duration_s: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
     max_duration_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     threads: Optional[int] = Field(default=None, gt=0, le=1024)
+    # timed windows per job: in this process, or each in a fresh process (repeat_mode: process)
+    repeats: int = Field(default=1, ge=1, le=100)
+    repeat_mode: Literal["same", "process"] = "same"
+    # validity thresholds: a row breaking any of them is stored with valid = false and the reason
+    p99_min_samples: int = Field(default=100, ge=0, le=10_000_000)
+    max_cv_pct: float = Field(default=10.0, gt=0, le=1000)
+    max_other_cpu_cores: float = Field(default=0.25, ge=0, le=4096)
+    max_steal_pct: float = Field(default=5.0, ge=0, le=100)
+    # throughput scenario: concurrent requests in flight (default: the node's physical cores)
+    streams: Optional[int] = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _order(self) -> "MeasureSpec":
@@ -230,11 +240,12 @@ class Sweep(_Strict):
     devices: list[Annotated[str, AfterValidator(_device)]] = Field(default_factory=lambda: ["auto"], min_length=1)
     batch_sizes: list[Annotated[int, Field(gt=0, le=MAX_BATCH)]] = Field(default_factory=lambda: [1],
                                                                           min_length=1)
+    scenarios: list[Literal["latency", "throughput"]] = Field(default_factory=lambda: ["latency"], min_length=1)
     targets: list[Annotated[str, AfterValidator(_target)]] = Field(default_factory=lambda: ["all"], min_length=1)
     measure: MeasureSpec = MeasureSpec()
     timeout_s: float = Field(default=900.0, gt=0, le=MAX_SECONDS)
 
-    @field_validator("backends", "batch_sizes", "devices", "targets")
+    @field_validator("backends", "batch_sizes", "devices", "scenarios", "targets")
     @classmethod
     def _no_repeats(cls, v: list) -> list:
         return _unique(v)

@@ -45,6 +45,9 @@ def prf(r: dict[str, Any]) -> str:
 
 
 def mark(r: dict[str, Any], front: set[str], picked: set[str]) -> str:
+    if r.get("valid") is False:   # an ok row that failed a validity rule says so, with its reasons
+        reason = " ".join((r.get("validity") or "").split())
+        return "invalid: " + reason[:100] + ("…" if len(reason) > 100 else "")
     return ("best" if r["job_id"] in picked else "") + (" pareto" if r["job_id"] in front else "")
 
 

@@ -12,20 +12,24 @@ log = logging.getLogger(__name__)
 
 COURSE_COLUMNS = (
     "sweep", "run_id", "job_id", "node", "hardware", "hw_kind", "hostname", "node_id", "model", "compression",
-    "backend", "device", "dtype", "batch_size", "status", "stage", "error", "valid", "iterations",
+    "backend", "device", "dtype", "batch_size", "scenario", "status", "stage", "error", "valid", "validity",
+    "iterations",
     "size_mb", "size_compressed_mb", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms",
     "throughput_ips", "ram_peak_mb", "ram_delta_mb", "vram_peak_mb", "precision_macro", "recall_macro",
     "f1_macro", "accuracy", "top1_agreement", "quality_metric", "quality", "ref_quality", "quality_drop",
     "size_x", "compressed_x", "p50_x", "f1_diff", "speedup_vs_eager",
 )
 
-# {valid} is `r.valid` where the results table has that column, else TRUE.
+# {valid} is `r.valid` where the results table has that column, else TRUE; {validity} and {scenario} likewise
+# (else NULL and 'latency').
 _COURSE = """
 CREATE OR REPLACE {temp} VIEW course AS
 -- One row per result of every run, named and judged:
 --   node              stable node name (deploy/start-node.sh --name, else the host name)
 --   hardware          CPU model, cores and GPUs of that node
 --   valid             FALSE where the row's measuring window was judged unclean (else TRUE)
+--   validity          the reasons of an invalid row
+--   scenario          latency | throughput
 --   quality_metric    f1 | accuracy | agreement: the first the row and its reference both have
 --   quality           that metric's value; ref_quality: the same for eager fp32 (pytorch, none)
 --                     on the same node, model and device (else cpu); agreement's reference is 1
@@ -40,16 +44,17 @@ WITH hw AS (   -- per node and run, not per row: the JSON is parsed once per nod
                      nullif(array_to_string(json_extract_string(gpus, '$[*].name'), ', '), '')) AS hardware
     FROM nodes
 ), named AS (
-    SELECT r.*, {valid} AS valid_row, coalesce(n.node_key, r.hostname, r.node_id) AS node, n.hardware
+    SELECT r.*, {valid} AS valid_row, {validity} AS validity_row,
+           {scenario} AS scenario_row, coalesce(n.node_key, r.hostname, r.node_id) AS node, n.hardware
     FROM results AS r LEFT JOIN hw AS n ON n.run_id = r.run_id AND n.node_id = r.node_id
 ), ok AS (
     SELECT * FROM named WHERE status = 'ok' AND valid_row
 ), base AS (
-    SELECT run_id, node, model, backend, device, batch_size,
+    SELECT run_id, node, model, backend, device, batch_size, scenario_row,
            size_mb, size_compressed_mb, latency_p50_ms, f1_macro
     FROM ok WHERE compression = 'none'
 ), eager AS (
-    SELECT run_id, node, model, device, batch_size, min(latency_p50_ms) AS p50
+    SELECT run_id, node, model, device, batch_size, scenario_row, min(latency_p50_ms) AS p50
     FROM ok WHERE backend = 'pytorch' AND compression = 'none' AND latency_p50_ms > 0
     GROUP BY ALL
 ), ref AS (
@@ -72,8 +77,8 @@ WITH hw AS (   -- per node and run, not per row: the JSON is parsed once per nod
     FROM judged
 )
 SELECT q.sweep, q.run_id, q.job_id, q.node, q.hardware, q.hw_kind, q.hostname, q.node_id, q.model,
-       q.compression, q.backend, q.device, q.dtype, q.batch_size, q.status, q.stage, q.error,
-       q.valid_row AS valid, q.iterations, q.size_mb, q.size_compressed_mb, q.latency_p50_ms,
+       q.compression, q.backend, q.device, q.dtype, q.batch_size, q.scenario_row AS scenario, q.status, q.stage,
+       q.error, q.valid_row AS valid, q.validity_row AS validity, q.iterations, q.size_mb, q.size_compressed_mb, q.latency_p50_ms,
        q.latency_p90_ms, q.latency_p99_ms, q.throughput_ips, q.ram_peak_mb, q.ram_delta_mb,
        q.vram_peak_mb, q.precision_macro, q.recall_macro, q.f1_macro, q.accuracy, q.top1_agreement,
        q.quality_metric,
@@ -91,11 +96,12 @@ SELECT q.sweep, q.run_id, q.job_id, q.node, q.hardware, q.hw_kind, q.hostname, q
 FROM q
 LEFT JOIN base AS b ON b.run_id = q.run_id AND b.node = q.node AND b.model = q.model
       AND b.backend = q.backend AND b.device = q.device AND b.batch_size = q.batch_size
+      AND b.scenario_row = q.scenario_row
       AND q.status = 'ok' AND q.valid_row
 LEFT JOIN eager AS es ON es.run_id = q.run_id AND es.node = q.node AND es.model = q.model
-      AND es.batch_size = q.batch_size AND es.device = q.device
+      AND es.batch_size = q.batch_size AND es.device = q.device AND es.scenario_row = q.scenario_row
 LEFT JOIN eager AS ec ON ec.run_id = q.run_id AND ec.node = q.node AND ec.model = q.model
-      AND ec.batch_size = q.batch_size AND ec.device = 'cpu'
+      AND ec.batch_size = q.batch_size AND ec.device = 'cpu' AND ec.scenario_row = q.scenario_row
 """
 
 _HARDWARE = """
@@ -123,7 +129,9 @@ def _quote(text: str) -> str:
 
 def course_sql(result_columns: set[str], temp: bool = False) -> str:
     valid = "coalesce(r.valid, TRUE)" if "valid" in result_columns else "TRUE"
-    return _COURSE.format(temp="TEMP" if temp else "", valid=valid)
+    validity = "r.validity" if "validity" in result_columns else "CAST(NULL AS VARCHAR)"
+    scenario = "coalesce(r.scenario, 'latency')" if "scenario" in result_columns else "'latency'"
+    return _COURSE.format(temp="TEMP" if temp else "", valid=valid, validity=validity, scenario=scenario)
 
 
 def hardware_select(nodes: list[str], where: str = LATEST_RUNS) -> str:

@@ -31,7 +31,8 @@ def test_a_new_backend_is_one_module_and_one_registry_line(numpy_backend, quick_
     assert sweep.backends == ["numpy", "onnxruntime"]                 # sweep files may name it at once
     r = run_job(job("numpy", quick=quick_measure))
     assert r.status == "ok", (r.stage, r.error)
-    assert r.dtype == "fp32" and r.provider.startswith("numpy-") and r.notes == "numpy fp32 weights"
+    assert r.dtype == "fp32" and r.provider.startswith("numpy-")
+    assert r.notes.split("; ")[0] == "numpy fp32 weights"   # then an energy note where no counter is readable
     assert r.top1_agreement >= 0.98 and r.latency_p50_ms > 0 and r.size_mb > 0   # agrees with torch eager
     half = run_job(job("numpy", "fp16", quick=quick_measure))
     assert half.status == "ok" and half.dtype == "fp16" and half.size_mb < 0.6 * r.size_mb

@@ -32,8 +32,11 @@ def host_kinds(label: str) -> list[str]:
     return detect_kinds(cpu_info()[0], [], label)
 
 
-def node_args(kind: str, name: str) -> dict:
-    return {"resources": {"bench_slot": 1}, "labels": {"fleet.kind": kind, "fleet.node": name}, "num_cpus": 1}
+def node_args(kind: str, name: str, host: str | None = None) -> dict:
+    """A benchmark node; `host` names its machine (fleet.host), so nodes on this one machine can act as
+    separate machines (without it, they share this machine's machine-id)."""
+    labels = {"fleet.kind": kind, "fleet.node": name, **({"fleet.host": host} if host else {})}
+    return {"resources": {"bench_slot": 1}, "labels": labels, "num_cpus": 1}
 
 
 @dataclass
@@ -64,9 +67,9 @@ def fleet(tmp_path_factory):
         reset_auth_token_state()
         from ray._raylet import AuthenticationMode, get_authentication_mode
         assert get_authentication_mode() == AuthenticationMode.TOKEN
-        cluster = Cluster(initialize_head=True, head_node_args=node_args("cpu", "n-cpu"))
+        cluster = Cluster(initialize_head=True, head_node_args=node_args("cpu", "n-cpu", "machine-a"))
         try:
-            cluster.add_node(**node_args("intel", "n-intel"))
+            cluster.add_node(**node_args("intel", "n-intel", "machine-b"))
             cluster.wait_for_nodes()
             yield Fleet(cluster, cache)
         finally:
@@ -155,7 +158,8 @@ def test_one_sweep_lands_rows_from_every_node_and_a_second_reuses_engines(fleet,
     assert [(n["node_key"], n["kinds"]) for n in nodes] == [("n-cpu", host_kinds("cpu")),
                                                              ("n-intel", host_kinds("intel"))]
     assert [n["node_id"] for n in nodes] == [ids["n-cpu"], ids["n-intel"]]
-    assert json.loads(nodes[1]["labels"]) == {"fleet.kind": "intel", "fleet.node": "n-intel"}
+    assert json.loads(nodes[1]["labels"]) == {"fleet.kind": "intel", "fleet.node": "n-intel",
+                                              "fleet.host": "machine-b"}
 
     # the same sweep again, on the intel node only: same job ids there, engines from the cache
     again = write_sweep(tmp_path / "fleet.yaml", models=[model], backends=["torchscript"], targets=["node:n-intel"])
@@ -192,6 +196,49 @@ def test_nodes_command_and_a_selector_matching_nothing(fleet, tmp_path):
                          "--address", fleet.address, "--db", db)
     assert ok.returncode == 0 and ok.stdout.splitlines()[-1].endswith(": 1 of 2 node(s) selected"), ok.stdout
     assert not db.exists()
+
+
+def test_nodes_sharing_a_machine_take_turns_and_the_fleet_listing_says_so(fleet, tmp_path):
+    """A second node on n-cpu's machine: its jobs and n-cpu's are never timed at the same moment."""
+    from fleetbench.coordinator.run import run_sweep
+    twin = fleet.cluster.add_node(**node_args("cpu", "n-twin", "machine-a"))
+    fleet.cluster.wait_for_nodes()
+    try:
+        listing = coordinator_cli("nodes", "--address", fleet.address)
+        assert listing.returncode == 0, listing.stderr
+        line = next(ln for ln in listing.stdout.splitlines() if ln.strip().startswith("n-twin"))
+        assert "shared with n-cpu" in line, listing.stdout
+        sweep = write_sweep(tmp_path / "twins.yaml", batch_sizes=[1, 2, 3], targets=["node:n-cpu", "node:n-twin"],
+                            measure={**MEASURE, "min_duration_s": 0.3})
+        db = tmp_path / "r.duckdb"
+        counts = run_sweep(str(sweep), db=str(db), address=fleet.address, progress=False)
+        assert counts["ok"] == 6, counts
+        got = rows(db)
+        assert {r["host_id"] for r in got} == {"machine-a"}
+        spans = sorted((r["window_start"], r["window_end"]) for r in got)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            assert end <= start, f"two timed windows overlapped on one machine: {spans}"
+        assert not any("same host" in (r["validity"] or "") for r in got)
+        hosts = rows(db, "SELECT node_key, host_id FROM nodes ORDER BY node_key")
+        assert [(h["node_key"], h["host_id"]) for h in hosts] == [("n-cpu", "machine-a"), ("n-twin", "machine-a")]
+    finally:
+        fleet.cluster.remove_node(twin)
+
+
+def test_repeat_interleaved_runs_a_nodes_jobs_in_rounds_and_stores_one_row_each(fleet, tmp_path):
+    from fleetbench.coordinator.run import run_sweep
+    sweep = write_sweep(tmp_path / "rounds.yaml", batch_sizes=[1, 2], targets=["node:n-cpu"],
+                        measure={**MEASURE, "repeats": 3})
+    db = tmp_path / "r.duckdb"
+    counts = run_sweep(str(sweep), db=str(db), address=fleet.address, progress=False, interleaved=True)
+    assert counts["ok"] == 2, counts
+    got = rows(db)
+    assert len(got) == 2 and all(r["repeats"] == 3 and len(r["window_p50s_ms"]) == 3 for r in got)
+    samples = rows(db, "SELECT job_id, len(samples_ms) AS n FROM samples")
+    assert {s["job_id"]: s["n"] for s in samples} == {r["job_id"]: r["iterations"] for r in got}
+    # each row's windows span the whole sweep: the rounds of the two jobs alternated
+    a, b = sorted(got, key=lambda r: r["window_start"])
+    assert a["window_start"] < b["window_start"] < a["window_end"] < b["window_end"]
 
 
 def test_a_worker_that_dies_gives_a_failed_row_with_its_stage(fleet, tmp_path):

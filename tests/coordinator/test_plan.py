@@ -104,3 +104,15 @@ def test_primary_kind():
     assert primary_kind(gpu, "onnxruntime", "cuda") == "nvidia"
     assert primary_kind(gpu, "onnxruntime", "cpu") == "cpu"
     assert primary_kind(FLEET[0], "onnxruntime", "cpu") == "cpu"
+
+
+def test_scenarios_are_part_of_the_job_and_its_id():
+    p = plan(sweep(scenarios=["latency", "throughput"], targets=["node:n-cpu"]), FLEET)
+    got = {(j.backend, j.batch_size, j.scenario) for j in p.jobs}
+    assert got == {("onnxruntime", b, s) for b in (1, 4) for s in ("latency", "throughput")}
+    assert len({j.job_id for j in p.jobs}) == 4
+    assert {r.scenario for r in p.unsupported} == {"latency", "throughput"}
+    assert {j.scenario for j in plan(sweep(targets=["node:n-cpu"]), FLEET).jobs} == {"latency"}   # the default
+    for bad in (["latency", "latency"], ["offline"], []):
+        with pytest.raises(SweepError, match="scenarios"):
+            sweep(scenarios=bad)

@@ -209,6 +209,44 @@ def test_comparison_speedup(db: Path) -> None:
     assert expected <= set(names)
 
 
+def test_comparison_leaves_invalid_rows_out_and_comparison_all_keeps_them(db: Path) -> None:
+    with Store(db) as store:
+        run = store.start_run("demo", "{}", None)
+        store.put_result(make_result(run, "ref", latency_p50_ms=20.0, valid=True))
+        store.put_result(make_result(run, "noisy", backend="onnxruntime", latency_p50_ms=5.0, valid=False,
+                                     validity="cv 31% > 10%"))
+        store.put_result(make_result(run, "ov", backend="openvino", latency_p50_ms=10.0, valid=True))
+        store.put_result(make_result(run, "fail", backend="tflite", status="failed", error="boom",
+                                     latency_p50_ms=None))
+        store.mark_invalid(run, "ov", "timed while job x ran on the same host (node n2)")
+        store.mark_invalid(run, "noisy", "cpu steal 12% > 5%")
+        store.mark_invalid(run, "fail", "never applies to a failed row")
+    names, rows = query(db, "SELECT backend, valid, validity FROM comparison ORDER BY backend")
+    assert rows == [("pytorch", True, None), ("tflite", None, None)]
+    names, rows = query(db, "SELECT backend, valid, validity, speedup_vs_ref FROM comparison_all ORDER BY backend")
+    assert rows == [("onnxruntime", False, "cv 31% > 10%; cpu steal 12% > 5%", 4.0),
+                    ("openvino", False, "timed while job x ran on the same host (node n2)", 2.0),
+                    ("pytorch", True, None, 1.0), ("tflite", None, None, None)]
+
+
+def test_samples_and_window_lists_round_trip(db: Path) -> None:
+    samples = [1.5, 1.25, 3.0, 1.0]
+    with Store(db) as store:
+        run = store.start_run("demo", "{}", None)
+        store.put_result(make_result(run, "a", samples_ms=samples, window_p50s_ms=[1.375, 2.0],
+                                     window_iters=[2, 2], repeats=2))
+        store.put_result(make_result(run, "b"))   # no samples (an unsupported row, say): no samples row
+        assert store.samples(run, "a") == samples and store.samples(run, "b") is None
+        again = make_result(run, "a", samples_ms=[9.0])
+        store.put_result(again)                   # a re-run replaces its samples too
+        assert store.samples(run, "a") == [9.0]
+    names, rows = query(db, "SELECT r.window_iters, r.window_p50s_ms, s.samples_ms FROM results r "
+                            "JOIN samples s USING (run_id, job_id)")
+    assert rows == [(None, None, [9.0])]
+    assert result_schema()["window_p50s_ms"] == "DOUBLE[]"
+    assert "samples_ms" not in result_schema() and result_schema()["window_iters"] == "BIGINT[]"
+
+
 @pytest.mark.parametrize("sql", [
     "INSERT INTO sweeps (run_id) VALUES ('x')",
     "CREATE TABLE t (a INT)",

@@ -31,6 +31,19 @@ def test_a_valid_reply_is_stored_as_measured(job):
     assert row == dataclasses.replace(ok_reply(job))
 
 
+def test_a_valid_reply_with_its_windows_and_samples_is_stored_as_measured(job):
+    reply = ok_reply(job, samples_ms=[1.4, 1.5, 1.6], window_p50s_ms=[1.5], window_iters=[3], repeats=1,
+                     valid=False, validity="cv 12% (> 10)", window_start="2026-01-01T00:00:00.100+00:00",
+                     window_end="2026-01-01T00:00:00.900+00:00", energy_j_per_item=0.01)
+    assert accept(job, reply) == reply
+
+
+def test_host_and_scenario_come_from_the_job(job):
+    forged = dataclasses.replace(ok_reply(job), host_id="another-machine", scenario="throughput")
+    row = accept(job, forged)
+    assert (row.host_id, row.scenario) == (job.host_id, job.scenario) == ("", "latency")
+
+
 def test_identity_fields_come_from_the_job_not_the_reply(job):
     forged = dataclasses.replace(ok_reply(job), job_id="other-job", node_id="b" * 56, hostname="host-b",
                                  model="other", compression="int8", backend="tensorrt", device="cuda:0",
@@ -58,6 +71,11 @@ def test_identity_fields_come_from_the_job_not_the_reply(job):
     ("status", "great", "status 'great' is not one of ok, failed, unsupported"),
     ("stage", "lunch", "stage 'lunch' is not one of load, compress, export, build, measure, evaluate"),
     ("latency_p50_ms", None, "an ok row without latency_p50_ms"),
+    ("samples_ms", [1.0, math.nan], "samples_ms[1]=nan is not a finite number"),
+    ("samples_ms", "1.0, 2.0", "samples_ms is not a list of at most 10000000 figures"),
+    ("window_iters", [100, -1], "window_iters[1]=-1 is not a whole number >= 0"),
+    ("valid", "yes", "valid='yes' is not true or false"),
+    ("window_start", "soon", "window_start='soon' is not an ISO timestamp"),
 ])
 def test_a_bad_figure_makes_a_failed_row_without_figures(job, field, value, why):
     row = accept(job, ok_reply(job, **{field: value}))
