@@ -1,6 +1,7 @@
 """Honest measurement: a latency loop that keeps every sample, and a peak-RSS sampler."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -8,7 +9,7 @@ import resource
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -61,20 +62,47 @@ def time_loop(fn: Callable[[], object], spec: MeasureSpec,
     if warmup:
         warm_up(fn, spec.warmup_iters)
     samples: list[float] = []
-    start = clock()
-    while True:
-        t0 = clock()
-        fn()
-        t1 = clock()
-        samples.append(t1 - t0)
-        elapsed = t1 - start
-        if len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s:
-            break
-        if elapsed >= spec.max_duration_s:
-            log.warning("timing stopped at max_duration_s %g s with %d of min_iters %d samples",
-                        spec.max_duration_s, len(samples), spec.min_iters)
-            break
+    with samplers_asleep():
+        start = clock()
+        while True:
+            t0 = clock()
+            fn()
+            t1 = clock()
+            samples.append(t1 - t0)
+            elapsed = t1 - start
+            if len(samples) >= spec.min_iters and elapsed >= spec.min_duration_s:
+                break
+            if elapsed >= spec.max_duration_s:
+                log.warning("timing stopped at max_duration_s %g s with %d of min_iters %d samples",
+                            spec.max_duration_s, len(samples), spec.min_iters)
+                break
     return samples
+
+
+# Timed loops and the RSS sampler: while any timed loop runs, every PeakRSS thread sleeps on _AWAKE
+# (no wake-up preempts a sub-millisecond engine); the kernel's high-water mark still sees the window's peak.
+_AWAKE = threading.Event()
+_AWAKE.set()
+_quiet_lock = threading.Lock()
+_quiet = 0
+
+
+@contextlib.contextmanager
+def samplers_asleep(settle_s: float = 0.006) -> Iterator[None]:
+    """No PeakRSS sampler wakes while the block runs; `settle_s` (over one sampling interval) lets a
+    sampler that is mid-sleep park before the block starts."""
+    global _quiet
+    with _quiet_lock:
+        _quiet += 1
+        _AWAKE.clear()
+    time.sleep(settle_s)
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet -= 1
+            if _quiet == 0:
+                _AWAKE.set()
 
 
 def timed_window(fn: Callable[[], object], spec: MeasureSpec,
@@ -207,6 +235,7 @@ class PeakRSS:
     def __init__(self, interval_s: float = 0.005):
         self.interval_s = interval_s
         self.sampled_peak_mb = 0.0
+        self.samples = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -218,7 +247,9 @@ class PeakRSS:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
+            _AWAKE.wait()   # asleep, not polling, through every timed loop
             self.sampled_peak_mb = max(self.sampled_peak_mb, rss_mb())
+            self.samples += 1
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

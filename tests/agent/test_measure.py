@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,19 @@ def test_batches_pad_the_last_batch_and_predict_drops_padding():
         seen.append(b.copy())
         return np.concatenate([b, -b], axis=1)   # argmax is 0 for x >= 0
     assert predict(run, x, 4).tolist() == [0] * 10
+
+
+def test_the_rss_sampler_sleeps_through_a_timed_loop():
+    """No PeakRSS wake-up inside a timed loop (it would preempt a sub-millisecond engine); it samples
+    before and after, and the kernel's high-water mark covers the window."""
+    from fleetbench.agent import measure
+    spec = MeasureSpec(warmup_iters=0, min_iters=1, min_duration_s=0.3, max_duration_s=1.0)
+    with measure.PeakRSS(interval_s=0.001) as mem:
+        time.sleep(0.2)
+        before = mem.samples
+        measure.time_loop(lambda: None, spec)
+        during = mem.samples - before
+        time.sleep(0.2)
+        after = mem.samples - before - during
+    assert before > 0 and after > 0, (before, after)     # it does sample outside the loop
+    assert during <= 2, during   # at most one already past its wait, and one as the loop ends (~300 unpaused)
