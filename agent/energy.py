@@ -84,8 +84,6 @@ class EnergyMeter:
 
     def close(self) -> None:
         if self._nvml is not None:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:
-                pass
+            from fleetbench.agent.gpu import nvml_shutdown
+            nvml_shutdown(self._nvml)
             self._nvml = None

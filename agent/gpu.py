@@ -152,7 +152,7 @@ class ProcessVram:
             self._nvml = pynvml
         except Exception as e:
             self.reason = f"NVML: {e}"
-            _shutdown(pynvml)
+            nvml_shutdown(pynvml)
 
     def sample(self) -> Optional[float]:
         """MB this process holds now (summed over the watched GPUs); updates the peak."""
@@ -211,7 +211,7 @@ class ProcessVram:
             self._thread = None
         if self._nvml is not None:
             self.sample()
-            _shutdown(self._nvml)
+            nvml_shutdown(self._nvml)
             self._nvml = None
 
     def __enter__(self) -> "ProcessVram":
@@ -230,7 +230,8 @@ def process_vram_mb(index: Optional[int] = None, pid: Optional[int] = None) -> O
         watch.close()
 
 
-def _shutdown(pynvml: Any) -> None:
+def nvml_shutdown(pynvml: Any) -> None:
+    """Shut NVML down; never raises (a close must not fail a row)."""
     try:
         pynvml.nvmlShutdown()
     except Exception:
