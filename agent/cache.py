@@ -1,25 +1,26 @@
-"""The per-node engine cache: a backend's exported artifact, kept so an identical job skips the export.
+"""The node's cache: work done once on this node and reused by every job that needs it.
 
-Key: the job's `job_id` (what determines the measurement, node key included), plus a fingerprint of
-this node's hardware (CPU model and ISA flags, GPU names and driver), library versions
-(agent.probe.versions()) and a hash of the backend module's source. A new driver, library version
-or exporter, or other hardware behind the same node name, is a different key.
+Layout: $FLEETBENCH_CACHE (default ~/.cache/fleetbench)/<kind>/<key>/ holds an entry's plain files and
+manifest.json (each file's size and SHA-256, and a small JSON `info`). Kinds (agent/prepare.py says
+what each key is made from): `dataset`, `reference`, `compressed`, `onnx`, `engines` (a backend's
+exported artifact), `predictions`; shipped checkpoints live in `weights/` (agent/models.py).
 
-Layout: $FLEETBENCH_CACHE (default ~/.cache/fleetbench)/engines/<key>/ holds the artifact's files
-under their paths relative to the job's workdir, and manifest.json (files, their sizes and SHA-256,
-dtype, compute_dtype, notes, job, fingerprint).
+A key is the SHA-256 of everything the entry is made from (`content_key`): the caller names every
+input (weights hash, dataset, compression parameters, library versions, code hashes, and for engines
+the node's hardware `fingerprint`), so a key changes when any input changes and not otherwise.
 
 A cache must not lie, and nobody else may fill it:
-- the cache folders are created 0700 and must be owned by this user and not writable by others
-  (else the cache is not used: every job exports afresh, with a warning);
+- the cache folders are created 0700 and must be owned by this user and not a symlink (else the
+  cache is not used: the work is done afresh every time, with a warning); an existing folder of ours
+  with looser bits is tightened to 0700;
 - an entry is written into a fresh folder with an unpredictable name (tempfile.mkdtemp) and renamed
   into place, so readers see it whole or not at all, and two jobs racing for one key leave one entry;
 - on read every file is checked against its recorded size and SHA-256, must be a plain file (not a
-  symlink) inside the entry; anything else is a miss, the damaged entry is removed and rebuilt.
+  symlink) inside the entry; anything else is a miss, the damaged entry is removed and made again.
 
-Only plain-file artifacts are cached: a backend declares `cacheable = False` when its artifact is more
-than files (PyTorch eager keeps the module itself; TensorRT keeps engines in a cache of its own).
-A broken or partial entry is a miss, never an error.
+Only plain-file artifacts are cached as engines: a backend declares `cacheable = False` when its
+artifact is more than files (PyTorch eager keeps the module itself; TensorRT keeps engines in a cache
+of its own).
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ import shutil
 import stat
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.paths import cache_dir
@@ -41,7 +43,9 @@ from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-FORMAT = 3   # 3: typed notes and compute_dtype (no meta dict), every file's SHA-256
+FORMAT = 4   # 4: content keys, `info`; 3: typed notes and compute_dtype, every file's SHA-256
+ENGINES = "engines"
+KINDS = ("dataset", "reference", "compressed", "onnx", ENGINES, "predictions")
 _CHUNK = 1 << 20
 
 
@@ -49,20 +53,38 @@ class UnsafeCacheDir(OSError):
     """A cache folder that another user could write (or that is not ours): never used."""
 
 
+@dataclass
+class Entry:
+    """A verified entry: its folder, files by relative name, and the JSON info it was stored with."""
+
+    key: str
+    path: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    hit: bool = True          # False when this call made it
+
+    def file(self, name: str) -> Path:
+        return self.files[name]
+
+
 def base_dir() -> Path:
     """The node's cache folder (agent.paths.cache_dir), absolute."""
     return cache_dir().absolute()
 
 
+def root(kind: str) -> Path:
+    return base_dir() / kind
+
+
 def cache_root() -> Path:
-    return base_dir() / "engines"
+    return root(ENGINES)
 
 
 def private_dir(path: Path) -> Path:
     """Create `path` (and missing parents) with mode 0700; refuse one that others could write.
 
-    An existing folder must be a real folder (not a symlink), owned by this user, and not group- or
-    world-writable; an existing folder of ours with looser read bits is tightened to 0700.
+    An existing folder must be a real folder (not a symlink), owned by this user; an existing folder
+    of ours with looser bits is tightened to 0700.
     """
     path = Path(path)
     missing = []
@@ -94,6 +116,31 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def content_key(**parts: Any) -> str:
+    """SHA-256 (hex, 32 chars) of the parts as canonical JSON: the same inputs give the same key."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=None)
+def code_hash(module: str) -> Optional[str]:
+    """SHA-256 of a module's source (of every .py file of a package): edited code is a new key."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+        return None
+    origin = Path(spec.origin)
+    files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(origin.parent).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def inside(entry: Path, rel: Any) -> Optional[Path]:
     """entry/rel when `rel` is a relative path that stays inside `entry` through no symlink, else None."""
     if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
@@ -120,91 +167,122 @@ def fingerprint() -> dict[str, Any]:
             "driver": driver, "versions": versions(), "format": FORMAT}
 
 
-@functools.lru_cache(maxsize=None)
-def _source_hash(module: str) -> Optional[str]:
-    """Hash of a backend's source: an edited exporter (same package version) is a new key. A backend
-    that is a package (backends/onnxruntime/...) is hashed whole: its variants are part of its export."""
-    import importlib.util
+# ---- entries of any kind ---------------------------------------------------------------------------
+
+def lookup(kind: str, key: str) -> Optional[Entry]:
+    """The verified entry, or None (a damaged one is removed; an unsafe cache folder is a miss)."""
     try:
-        spec = importlib.util.find_spec(module)
-        origin = Path(str(spec.origin)) if spec is not None else None
-        if origin is None or not origin.is_file():
-            return None
-        files = sorted(origin.parent.glob("*.py")) if origin.parent.name != "backends" else [origin]
-        digest = hashlib.sha256()
-        for f in files:
-            digest.update(f.read_bytes())
-        return digest.hexdigest()[:16]
-    except (ImportError, AttributeError, TypeError, ValueError, OSError):
-        return None
-
-
-def cache_key(job: Job, fp: Optional[dict[str, Any]] = None, backend=None) -> str:
-    code = _source_hash(type(backend).__module__) if backend is not None else None
-    blob = json.dumps({"job_id": job.job_id, "fingerprint": fp or fingerprint(), "code": code}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def cacheable(backend) -> bool:
-    return bool(backend.cacheable)
-
-
-def lookup(job: Job, backend) -> Optional[Artifact]:
-    """The cached artifact of this job on this node, or None (a damaged entry is removed: a miss)."""
-    if not cacheable(backend):
-        return None
-    try:
-        entry = private_dir(cache_root()) / cache_key(job, backend=backend)
+        entry = private_dir(root(kind)) / key
     except OSError as e:
-        log.warning("engine cache not used: %s", e)
+        log.warning("cache %s not used: %s", kind, e)
         return None
     if not entry.exists() and not entry.is_symlink():
         return None
-    why = _check_entry(entry)
-    if isinstance(why, Artifact):
+    got = _check(key, entry)
+    if isinstance(got, Entry):
         try:
             os.utime(entry / MANIFEST)   # last used: what `prune` goes by
         except OSError:
             pass
-        return why
-    log.warning("engine cache %s: %s; the entry is rebuilt", entry.name, why)
+        return got
+    log.warning("cache %s/%s: %s; it is made again", kind, key, got)
     _remove(entry)
     return None
 
 
-def _check_entry(entry: Path):
-    """The entry's Artifact when every file is as recorded, else the reason (a string)."""
+def exists(kind: str, key: str) -> bool:
+    """Whether a complete entry is there (sizes only: cheap, for plans; `lookup` checks content)."""
+    entry = root(kind) / key
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        return manifest["format"] == FORMAT and all(
+            (entry / rel).stat().st_size == size for rel, size in zip(manifest["files"], manifest["sizes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def put(kind: str, key: str, make: Callable[[Path], Optional[dict]]) -> Entry:
+    """Run `make(folder)` to write the entry's files into a fresh folder (it returns the JSON info), then
+    publish it under `key`. When another writer published first, theirs is kept and returned. Where the
+    cache folder cannot be used safely, the entry is made in a private temporary folder and not kept."""
+    try:
+        base = private_dir(root(kind))
+    except OSError as e:
+        log.warning("cache %s not used: %s", kind, e)
+        folder = Path(tempfile.mkdtemp(prefix=f"fleetbench-{kind}-"))
+        info = make(folder) or {}
+        files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+        return Entry(key, folder, files, json.loads(json.dumps(info, default=str)), hit=False)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:8]}-", dir=base))   # 0700, unpredictable
+    try:
+        info = make(tmp) or {}
+        rels = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and not p.is_symlink())
+        if MANIFEST in rels:
+            raise ValueError(f"an entry may not hold a file named {MANIFEST}")
+        manifest = {"format": FORMAT, "kind": kind, "key": key, "files": rels,
+                    "sizes": [(tmp / r).stat().st_size for r in rels],
+                    "sha256": [file_sha256(tmp / r) for r in rels], "info": info, "created": time.time()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        entry = base / key
+        if entry.exists() or entry.is_symlink():
+            if isinstance(_check(key, entry), Entry):
+                _remove(tmp)
+                return _read_back(kind, key, hit=True)
+            _remove(entry)   # a damaged entry
+        try:
+            os.rename(tmp, entry)
+        except OSError:      # another writer published first: keep theirs
+            _remove(tmp)
+            return _read_back(kind, key, hit=True)
+        return _read_back(kind, key, hit=False)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def get_or_make(kind: str, key: str, make: Callable[[Path], Optional[dict]]) -> Entry:
+    """The entry under `key`, made now (hit=False) when missing or damaged."""
+    return lookup(kind, key) or put(kind, key, make)
+
+
+def _read_back(kind: str, key: str, hit: bool) -> Entry:
+    entry = _check(key, root(kind) / key)
+    if not isinstance(entry, Entry):
+        raise OSError(f"cache entry {kind}/{key} could not be read back: {entry}")
+    entry.hit = hit
+    return entry
+
+
+def _check(key: str, entry: Path):
+    """The Entry when every file is as recorded, else the reason (a string)."""
     try:
         st = os.lstat(entry)
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
             return "not a folder"
         mpath = entry / MANIFEST
         if mpath.is_symlink() or not mpath.is_file():
-            return "no manifest"
+            return "no manifest (half-written)"
         manifest = json.loads(mpath.read_text())
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            return "manifest of another format"
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("key") != key:
+            return "manifest of another format or key"
         rels, sizes, hashes = manifest["files"], manifest["sizes"], manifest["sha256"]
-        if not (isinstance(rels, list) and rels and len(rels) == len(sizes) == len(hashes)):
+        if not (isinstance(rels, list) and len(rels) == len(sizes) == len(hashes)):
             return "manifest lists no files"
-        files = []
+        files = {}
         for rel, size, digest in zip(rels, sizes, hashes):
             path = inside(entry, rel)
             if path is None:
                 return f"manifest names {rel!r}, outside the entry"
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
+            fst = os.lstat(path)
+            if not stat.S_ISREG(fst.st_mode):
                 return f"{rel} is not a plain file"
-            if st.st_size != size:
+            if fst.st_size != size:
                 return f"{rel} changed size"
             if file_sha256(path) != digest:
                 return f"{rel} changed content (SHA-256 differs)"
-            files.append(path)
-        notes = manifest.get("notes") or []
-        if not isinstance(notes, list) or not isinstance(manifest.get("dtype"), (str, type(None))):
-            return "bad manifest fields"
-        return Artifact(files=files, dtype=manifest["dtype"], notes=[str(n) for n in notes],
-                        compute_dtype=manifest.get("compute_dtype"))
+            files[rel] = path
+        info = manifest.get("info")
+        return Entry(key, entry, files, info if isinstance(info, dict) else {})
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable ({type(e).__name__}: {e})"
 
@@ -213,62 +291,88 @@ def _remove(path: Path) -> None:
     try:
         if path.is_symlink() or path.is_file():
             path.unlink()
-        else:
+        elif path.exists():
             shutil.rmtree(path)
     except OSError as e:
         log.debug("cannot remove %s: %s", path, e)
 
 
-def store(job: Job, backend, artifact: Artifact, workdir: Path) -> Optional[Path]:
-    """Keep the artifact's files for later identical jobs; returns the entry, or None when not cached."""
-    if not cacheable(backend):
+# ---- engines: a backend's exported artifact --------------------------------------------------------
+
+def cache_key(job: Job, fp: Optional[dict[str, Any]] = None, backend=None) -> str:
+    """The key of a backend's artifact for this job on this node (agent/prepare.py artifact_key)."""
+    from fleetbench.agent.prepare import artifact_key
+    return artifact_key(job, backend, fp)
+
+
+def lookup_artifact(job: Job, backend) -> Optional[tuple[Artifact, Entry]]:
+    """The cached artifact of this job on this node and its entry, or None (a damaged entry is a miss)."""
+    if not backend.cacheable:
+        return None
+    entry = lookup(ENGINES, cache_key(job, backend=backend))
+    if entry is None:
+        return None
+    info = entry.info
+    try:
+        files = [entry.file(rel) for rel in info["files"]]
+        notes = [str(n) for n in info.get("notes") or []]
+        dtype = info.get("dtype")
+    except (KeyError, TypeError):
+        return None
+    if not files or not isinstance(dtype, (str, type(None))):
+        return None
+    return Artifact(files=files, dtype=dtype or "fp32", notes=notes, compute_dtype=info.get("compute_dtype")), entry
+
+
+def store(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[dict] = None) -> Optional[Path]:
+    """Keep the artifact's files for later jobs with the same key; returns the entry, or None when not
+    cached. `info` (JSON) is kept beside it (what the compress stage said)."""
+    if not backend.cacheable:
         return None
     rels = _relative_names(artifact.files, Path(workdir))
     if rels is None:
         return None
-    try:
-        root = private_dir(cache_root())
-    except OSError as e:
-        log.warning("engine cache not used: %s", e)
-        return None
-    entry = root / cache_key(job, backend=backend)
-    if isinstance(_check_entry(entry), Artifact):
-        return entry
-    tmp = None
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name[:8]}-", dir=root))   # 0700, unpredictable
+
+    def make(folder: Path) -> dict:
         for src, rel in zip(artifact.files, rels):
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-        manifest = {"format": FORMAT, "files": rels, "sizes": [(tmp / r).stat().st_size for r in rels],
-                    "sha256": [file_sha256(tmp / r) for r in rels],
-                    "dtype": artifact.dtype, "compute_dtype": artifact.compute_dtype, "notes": list(artifact.notes),
-                    "job_id": job.job_id, "job": job.describe(),
-                    "backend": job.backend, "fingerprint": fingerprint(),
-                    "code": _source_hash(type(backend).__module__), "created": time.time()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if (entry.exists() or entry.is_symlink()) and not isinstance(_check_entry(entry), Artifact):
-            _remove(entry)   # a damaged entry
-        try:
-            os.rename(tmp, entry)   # fails when another worker stored it first: keep theirs
-        except OSError:
-            _remove(tmp)
-        return entry
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, folder / rel)
+        return {**(info or {}), "files": rels, "dtype": artifact.dtype, "compute_dtype": artifact.compute_dtype,
+                "notes": list(artifact.notes), "job_id": job.job_id, "job": job.describe(),
+                "backend": job.backend, "fingerprint": fingerprint()}
+
+    try:
+        private_dir(cache_root())
+        return put(ENGINES, cache_key(job, backend=backend), make).path
     except OSError as e:
         log.warning("engine cache: cannot store %s: %s", job.describe(), e)
-        if tmp is not None:
-            _remove(tmp)
         return None
 
 
-def prune(older_than_s: float, root: Optional[Path] = None, now: Optional[float] = None) -> list[Path]:
-    """Remove engine entries and shipped checkpoints last used more than `older_than_s` ago, and
-    leftovers of interrupted writes; returns what was removed. Runs on one node (its own cache)."""
-    base = Path(root) if root is not None else base_dir()
+def _relative_names(files: list[Path], workdir: Path) -> Optional[list[str]]:
+    """Each file's path under workdir (a file outside it, e.g. an onnx: source, by its name); None on a clash."""
+    rels = []
+    for f in files:
+        p = Path(f)
+        try:
+            rel = p.resolve().relative_to(workdir.resolve()).as_posix()
+        except ValueError:
+            rel = p.name
+        if rel == MANIFEST or rel in rels or not p.is_file():
+            return None
+        rels.append(rel)
+    return rels
+
+
+# ---- prune -------------------------------------------------------------------------------------------
+
+def prune(older_than_s: float, root_dir: Optional[Path] = None, now: Optional[float] = None) -> list[Path]:
+    """Remove entries and shipped checkpoints last used more than `older_than_s` ago, and leftovers of
+    interrupted writes; returns what was removed. Runs on one node (its own cache)."""
+    base = Path(root_dir) if root_dir is not None else base_dir()
     now = time.time() if now is None else now
     removed = []
-    for folder in (base / "engines", base / "weights"):
+    for folder in [base / kind for kind in KINDS] + [base / "weights"]:
         if not folder.is_dir() or folder.is_symlink():
             continue
         for item in folder.iterdir():
@@ -290,18 +394,3 @@ def _last_used(item: Path) -> float:
     if stat.S_ISDIR(st.st_mode) and manifest.is_file():
         stamp = max(stamp, manifest.stat().st_mtime)
     return stamp
-
-
-def _relative_names(files: list[Path], workdir: Path) -> Optional[list[str]]:
-    """Each file's path under workdir (a file outside it, e.g. an onnx: source, by its name); None on a clash."""
-    rels = []
-    for f in files:
-        p = Path(f)
-        try:
-            rel = p.resolve().relative_to(workdir.resolve()).as_posix()
-        except ValueError:
-            rel = p.name
-        if rel == MANIFEST or rel in rels or not p.is_file():
-            return None
-        rels.append(rel)
-    return rels

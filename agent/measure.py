@@ -209,8 +209,16 @@ def rss_mb() -> float:
         return psutil.Process().memory_info().rss / 2**20
 
 
-def maxrss_mb() -> float:
-    """The kernel's peak RSS for this process (ru_maxrss is KiB on Linux) since start or the last reset."""
+def hwm_mb() -> float:
+    """This process's own peak RSS since start or the last reset (VmHWM of its address space). Not
+    ru_maxrss: that keeps the peak of the process it was forked from across exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -230,7 +238,7 @@ def reset_peak() -> bool:
 
 class PeakRSS:
     """Samples RSS from a thread every `interval_s` while active; `peak_mb` also consults the
-    kernel's peak (ru_maxrss), which catches spikes shorter than the sampling interval."""
+    kernel's peak (VmHWM), which catches spikes shorter than the sampling interval."""
 
     def __init__(self, interval_s: float = 0.005):
         self.interval_s = interval_s
@@ -259,4 +267,4 @@ class PeakRSS:
 
     @property
     def peak_mb(self) -> float:
-        return max(self.sampled_peak_mb, maxrss_mb())
+        return max(self.sampled_peak_mb, hwm_mb())

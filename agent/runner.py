@@ -1,6 +1,11 @@
-"""run_job(job) -> Result: one job, stage by stage, in this process. No Ray here.
+"""run_job(job) -> Result: one job, stage by stage. No Ray here.
 
-Stages: load (model, data, reference predictions), compress, export, build, measure, evaluate.
+Stages: load (data, reference predictions), compress, export, build, measure, evaluate. Preparation
+(load, compress, export) takes what the node already made from its cache (agent/cache.py) and makes
+the rest once (agent/prepare.py); then, with nothing else of the job running, an engine whose artifact
+is files is built, timed and (unless its predictions are cached) evaluated in a fresh measuring process
+that imports only its runtime (agent/measureproc.py); PyTorch eager and TensorRT run here
+(agent/measuring.py both ways). Quality is scored here.
 A third-party exception is translated at its stage's boundary into a StageError; the job then
 becomes a `failed` row with that stage and a one-line error (the traceback goes to the log).
 """
@@ -11,154 +16,34 @@ import ctypes
 import dataclasses
 import functools
 import gc
+import json
 import logging
-import os
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from fleetbench.agent import cache as engine_cache
-from fleetbench.agent import compress, measure, sizes
-from fleetbench.agent.backends import Artifact, Backend, Engine, ExportContext
+from fleetbench.agent import compress, measure, measureproc, prepare, sizes
+from fleetbench.agent.backends import Artifact, Backend, ExportContext
 from fleetbench.agent.backends import get as get_backend
-from fleetbench.agent.quality import batches, predict, quality
-from fleetbench.shared.errors import FleetError, StageError, Unsupported, one_line
+from fleetbench.agent.measuring import EngineRun, run_engine, throughput_reason, timed
+from fleetbench.agent.quality import batches, quality
+from fleetbench.agent.stages import Built, Compressed, Efficiency, Exported, Provenance, default_threads, stage
+from fleetbench.shared.errors import StageError, Unsupported, one_line
 from fleetbench.shared.job import RESULT_COLUMNS, SIDE_FIELDS, Job, Result
-from fleetbench.shared.vocab import BackendName, Stage, Status
+from fleetbench.shared.vocab import Stage, Status
 
 log = logging.getLogger(__name__)
 MB = 2**20
-# backends whose engines take concurrent calls from several threads (ONNX Runtime sessions and
-# PyTorch modules are thread-safe for inference); OpenVINO and TensorRT need their own async APIs
-THROUGHPUT_BACKENDS = (BackendName.ONNXRUNTIME, BackendName.PYTORCH, BackendName.TORCHSCRIPT)
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-@contextlib.contextmanager
-def stage(name: str, on_stage: Optional[Callable[[str], None]] = None) -> Iterator[None]:
-    """The one boundary per stage where foreign exceptions become our StageError."""
-    if on_stage is not None:
-        on_stage(name)
-    try:
-        yield
-    except FleetError:
-        raise
-    except MemoryError as e:
-        raise StageError(name, f"out of memory: {e}") from e
-    except Exception as e:
-        log.debug("stage %s failed:\n%s", name, traceback.format_exc())
-        raise StageError(name, one_line(e)) from e
-
-
-def default_threads() -> int:
-    import psutil
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-@dataclass
-class Loaded:
-    """The load stage: dataset, fp32 model (None for onnx: sources), and the agreement reference."""
-
-    data: Any
-    model: Any
-    onnx_source: Optional[Path]
-    reference: Optional[np.ndarray]
-    notes: list[str] = field(default_factory=list)
-    gflops: Optional[float] = None   # the fp32 model's GFLOPs per item, counted on the reference pass
-
-
-@dataclass(frozen=True)
-class Compressed:
-    """The compress stage: the sparsity a prune reached (None for other methods)."""
-
-    sparsity: Optional[float]
-
-
-@dataclass(frozen=True)
-class Exported:
-    """The export stage (Result columns of the same names)."""
-
-    export_s: float
-    cache_hit: Optional[bool]
-    size_mb: float
-    size_compressed_mb: float
-
-
-@dataclass(frozen=True)
-class Built:
-    """The build stage: what the engine says it computes in, and how long it took."""
-
-    build_s: float
-    dtype: str
-    threads: Optional[int]
-    provider: Optional[str]
-
-
-@dataclass(frozen=True)
-class Measured:
-    """The measure stage beside its timed windows: the first call, device-resident time, streams in flight."""
-
-    first_ms: float
-    latency_device_p50_ms: Optional[float] = None
-    streams: Optional[int] = None   # throughput scenario: requests kept in flight
-
-
-@dataclass(frozen=True)
-class Timed:
-    """The timed windows (`timed`): latency figures, p50 interval, validity verdict, energy, raw samples."""
-
-    latency_mean_ms: float
-    latency_p50_ms: float
-    latency_p90_ms: float
-    latency_p99_ms: float
-    latency_std_ms: float
-    latency_min_ms: float
-    latency_p50_ci_low_ms: Optional[float]
-    latency_p50_ci_high_ms: Optional[float]
-    iterations: int
-    measure_s: float
-    throughput_ips: float
-    repeats: int
-    window_p50s_ms: list[float]
-    window_iters: list[int]
-    samples_ms: list[float]
-    valid: bool
-    validity: Optional[str]
-    cv_pct: Optional[float]
-    other_cpu_cores: Optional[float]
-    cpu_steal_pct: Optional[float]
-    window_start: str
-    window_end: str
-    energy_j_per_item: Optional[float]
-
-
-@dataclass(frozen=True)
-class Efficiency:
-    """FLOPs per item of the fp32 model, the GFLOP/s achieved and their share of this node's GEMM peak."""
-
-    gflops: Optional[float]
-    achieved_gflops_s: Optional[float] = None
-    peak_gflops_s: Optional[float] = None
-    efficiency_pct: Optional[float] = None
-
-
-@dataclass(frozen=True)
-class Memory:
-    """RAM and VRAM over build, measure and evaluate."""
-
-    ram_peak_mb: float
-    ram_delta_mb: float
-    vram_peak_mb: Optional[float] = None
-    vram_source: Optional[str] = None
 
 
 @dataclass
@@ -236,84 +121,192 @@ def _backend_for(job: Job) -> Backend:
         raise Unsupported(f"{job.backend}: no device {job.device!r} on this node "
                           f"(has: {', '.join(avail.devices) or 'none'})")
     reason = backend.check(job) or compress.check(job, backend)
-    if job.scenario == "throughput" and (job.backend not in THROUGHPUT_BACKENDS or job.device != "cpu"):
-        reason = reason or (f"{job.backend}:{job.device}: the throughput scenario drives "
-                            f"{', '.join(THROUGHPUT_BACKENDS)} on cpu (concurrent calls); not this engine yet")
+    reason = reason or throughput_reason(job)
     if reason:
         raise Unsupported(reason)
     return backend
 
 
+
+@dataclass
+class _Job:
+    """One job's working state across its stages: what was reused and the seconds per stage."""
+
+    job: Job
+    backend: Backend
+    threads: int
+    streams: Optional[int]
+    workdir: Path
+    stage: Any
+    times: dict[str, float] = field(default_factory=dict)
+    reuse: dict[str, bool] = field(default_factory=dict)
+
+
 def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, stage) -> None:
+    """Prepare (from the node's cache where it can), then measure: in a fresh lean process for a backend
+    whose artifact is files (agent/measureproc.py), here for the others (PyTorch eager, TensorRT)."""
     backend = _backend_for(job)
     threads = job.measure.threads or default_threads()
     streams: Optional[int] = None
     if job.scenario == "throughput":   # each of the streams gets its share of the threads
         streams = job.measure.streams or threads
         threads = max(1, threads // streams)
-    if backend.needs_model:
-        _import_libraries()
-    baseline_mb = measure.rss_mb()
+    st = _Job(job, backend, threads, streams, workdir, stage)
+    baseline_mb = 0.0
+    if not backend.cacheable:
+        if backend.needs_model:
+            _import_libraries()
+        baseline_mb = measure.rss_mb()
+    clock = time.perf_counter()
     with stage(Stage.LOAD):
-        loaded = _load(job, weights, threads, backend.needs_model)
-    out.add(Efficiency(loaded.gflops), loaded.notes)
+        data, ref = _load(st, weights, out)
+    out.add(Efficiency(ref.gflops if ref else None))
+    st.times["load"] = time.perf_counter() - clock
+    example = next(batches(np.array(data.eval_x()[: job.batch_size]), job.batch_size))[0]   # a writable copy
 
-    with stage(Stage.COMPRESS):
-        change = compress.apply(job, loaded.model, loaded.data.calib_x)
-    out.add(Compressed(change.sparsity), change.notes)
-
-    example = next(batches(loaded.data.eval_x[: job.batch_size], job.batch_size))[0]
-    ctx = ExportContext(job=job, model=change.model, example=example, workdir=workdir,
-                        calib_x=loaded.data.calib_x, onnx_source=loaded.onnx_source)
-    with stage(Stage.EXPORT):
-        artifact, exported = _export(job, backend, ctx, workdir)
-    out.add(exported, artifact.notes)   # what the export did (quantized layers, precision seen)
-    del ctx, change
-    loaded.model = None
+    artifact = _artifact(st, weights, data, example, out)
     _release_memory()
-    if not measure.reset_peak():
-        out.notes.append("kernel peak RSS could not be reset: ram_peak_mb covers the whole job")
 
-    with measure.PeakRSS() as mem:
-        with stage(Stage.BUILD):
-            t = time.perf_counter()
-            engine = backend.load(artifact, job, threads)
-            built = Built(time.perf_counter() - t, engine.dtype, engine.threads, engine.provider)
-            out.add(built)
-        with stage(Stage.MEASURE):
-            windows = None
-            if job.scenario == "throughput":
-                windows = functools.partial(_throughput_windows, engine, example, job, streams or threads)
-            elif job.measure.repeat_mode == "process":
-                windows = functools.partial(fresh_process_windows, artifact, job, threads, example)
-            measured, timed_windows, notes = _measure(engine, example, job, windows, streams)
-            out.add(measured, notes)
-            out.add(timed_windows)
+    cached_pred = prepare.stored_predictions(job, backend, threads) if backend.needs_model else None
+    evaluate = backend.needs_model and cached_pred is None
+    if backend.cacheable:
+        spec = measureproc.Spec(job, measureproc.backend_target(backend), artifact, threads, streams,
+                                data.eval_x_path, evaluate)
+        run: EngineRun = measureproc.measure_in_child(spec, workdir, _forward(stage))
+    else:
+        run = run_engine(backend, artifact, job, threads, streams, example,
+                         (lambda: data.eval_x(mmap=False)) if evaluate else None, baseline_mb, stage)
+    for record in run.records:
+        out.add(record)
+    out.notes.extend(run.notes)
+    st.times.update(run.stage_s)
+    timed_windows, notes = timed(run.windows, job)
+    out.add(timed_windows, notes)
+    source = None
+    if backend.needs_model and ref is not None:
         with stage(Stage.EVALUATE):
-            if backend.needs_model:
-                pred = predict(engine.run, loaded.data.eval_x, job.batch_size)
-                out.add(quality(pred, loaded.data.eval_y, loaded.reference))
-    vram = (engine.vram(), engine.vram_source) if engine.vram is not None else (None, None)
-    out.add(Memory(mem.peak_mb, mem.peak_mb - baseline_mb, *vram),
-            engine.notes())   # engine-specific notes (placement, caches, VRAM source)
-    engine.close()
-    out.add(*_efficiency(job, loaded.gflops, timed_windows.throughput_ips, built.dtype, threads))
+            source = _quality(st, data, ref, run.pred, cached_pred, out)
+    built = next(r for r in run.records if isinstance(r, Built))
+    out.add(*_efficiency(job, ref.gflops if ref else None, timed_windows.throughput_ips, built.dtype, threads))
+    out.add(Provenance(prepare.describe_reuse(st.reuse) or None, source,
+                       json.dumps({k: round(v, 4) for k, v in st.times.items()}, sort_keys=True)))
 
 
-def _export(job: Job, backend: Backend, ctx: ExportContext, workdir: Path) -> tuple[Artifact, Exported]:
-    """The engine cache's artifact (a hit skips the export: export_s 0), else the backend's export."""
-    t = time.perf_counter()
-    artifact = engine_cache.lookup(job, backend)
-    cache_hit = artifact is not None if backend.cacheable else None
-    export_s = 0.0
-    if artifact is None:
+def _load(st: _Job, weights: Optional[bytes], out: Outcome):
+    """The node's dataset entry and, for a model, the fp32 reference predictions (made once per node)."""
+    job = st.job
+    data = prepare.dataset(job)
+    classes = data.entry.info.get("classes")
+    if classes is not None and len(classes) > job.model.num_classes:
+        raise StageError(Stage.LOAD, f"{job.dataset.path}: {len(classes)} class folders but "
+                                     f"num_classes is {job.model.num_classes}: labels {job.model.num_classes}.."
+                                     f"{len(classes) - 1} are outside the model's classes")
+    st.reuse["dataset"] = data.entry.hit
+    if not st.backend.needs_model:
+        return data, None
+    ref = prepare.reference(job, weights, data, st.threads)
+    st.reuse["reference"] = ref.hit
+    out.notes.extend(ref.notes)
+    return data, ref
+
+
+def _quality(st: _Job, data, ref, pred, cached_pred, out: Outcome) -> str:
+    """Score the engine's predictions (made now, or the node's cached ones); where they came from."""
+    job = st.job
+    if cached_pred is None:
+        prepare.store_predictions(job, st.backend, st.threads, pred)
+        source = f"evaluated in this job ({len(pred)} images at batch size {job.batch_size})"
+    else:
+        pred = cached_pred
+        source = ("reused predictions from the node's cache: same artifact, batch size, threads and "
+                  "dataset, made by an earlier job")
+    st.reuse["predictions"] = cached_pred is not None
+    out.add(quality(pred, data.eval_y, ref.pred))
+    return source
+
+
+def _forward(stage) -> Callable[[str], None]:
+    """The stage names the measuring process reports, forwarded to the coordinator's tracker."""
+    def forward(name: str) -> None:
+        with stage(name):
+            pass
+    return forward
+
+
+def _artifact(st: _Job, weights: Optional[bytes], data, example: np.ndarray, out: Outcome) -> Artifact:
+    """The backend's artifact: from the node's cache, else compressed and exported now (and kept)."""
+    stored = prepare.stored_artifact(st.job, st.backend)
+    if stored is None:
+        return _prepare_artifact(st, weights, data, example, out)
+    artifact, entry = stored
+    with st.stage(Stage.COMPRESS):
+        out.add(Compressed(entry.info.get("sparsity")), entry.info.get("compression_notes") or [])
+    with st.stage(Stage.EXPORT):
+        st.reuse["artifact"] = True
+        out.add(Exported(0.0, True, sizes.size_bytes(artifact.files) / MB,
+                         sizes.compressed_bytes(artifact.files) / MB), artifact.notes)
+    return artifact
+
+
+def _prepare_artifact(st: _Job, weights: Optional[bytes], data, example: np.ndarray, out: Outcome) -> Artifact:
+    """Compress (once per model and compression on the node) and export this backend's artifact, keeping
+    it in the node's cache when it is files."""
+    job, backend = st.job, st.backend
+    shared = prepare.shares_batch(backend, job)
+    box: dict[str, Any] = {}
+
+    def model():
+        if "cm" not in box:
+            box["cm"] = prepare.compressed(job, weights, data)
+            if prepare.model_level(job):
+                st.reuse["compressed"] = box["cm"].hit
+        return box["cm"].model
+
+    clock = time.perf_counter()
+    with st.stage(Stage.COMPRESS):
+        info = _compression_info(job, backend, model, box)
+    out.add(Compressed(info["sparsity"]), info["compression_notes"])
+    st.times["compress"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    with st.stage(Stage.EXPORT):
+        flags = {"dynamic": shared}
+
+        def onnx() -> Path:
+            path, st.reuse["onnx"], flags["dynamic"] = prepare.onnx_export(job, model, example, shared)
+            return path
+
+        calib_example = next(batches(np.array(data.eval_x()[: prepare.CALIB_BATCH]), prepare.CALIB_BATCH))[0]
+        onnx_source = prepare.onnx_source(job, weights) if job.model.scheme == "onnx" else None
+        needs_module = backend.needs_model and not backend.takes_onnx and onnx_source is None
+        ctx = ExportContext(job=job, model=model() if needs_module else None,
+                            example=calib_example if shared else example, workdir=st.workdir,
+                            calib_x=data.calib_x, onnx_source=onnx_source,
+                            onnx_fn=onnx if backend.takes_onnx else None)
+        t = time.perf_counter()
         artifact = backend.export(ctx)
         export_s = time.perf_counter() - t
-        engine_cache.store(job, backend, artifact, workdir)
-    if cache_hit is None:   # a backend with a cache of its own (TensorRT engines) says so itself
-        cache_hit = artifact.cache_hit
-    return artifact, Exported(export_s, cache_hit, sizes.size_bytes(artifact.files) / MB,
-                              sizes.compressed_bytes(artifact.files) / MB)
+        cache_hit = artifact.cache_hit   # a backend with a cache of its own (TensorRT engines) says so itself
+        if backend.cacheable:
+            cache_hit = False
+            if flags["dynamic"] == shared:   # a static export where a shared one was planned is not kept
+                kept = prepare.store_artifact(job, backend, artifact, st.workdir, info)
+                artifact = kept[0] if kept else artifact
+            st.reuse["artifact"] = False
+        out.add(Exported(export_s, cache_hit, sizes.size_bytes(artifact.files) / MB,
+                         sizes.compressed_bytes(artifact.files) / MB), artifact.notes)
+    del ctx
+    box.clear()
+    st.times["export"] = time.perf_counter() - clock
+    return artifact
+
+
+def _compression_info(job: Job, backend: Backend, model, box: dict) -> dict:
+    """Sparsity and notes of the job's model-level compression (made now or read from the node's cache)."""
+    if not backend.needs_model or job.model.scheme == "onnx" or not prepare.model_level(job):
+        return {"sparsity": None, "compression_notes": []}
+    model()
+    cm = box["cm"]
+    return {"sparsity": cm.sparsity, "compression_notes": list(cm.notes)}
 
 
 def _efficiency(job: Job, gflops: Optional[float], throughput_ips: float, dtype: str,
@@ -330,149 +323,6 @@ def _efficiency(job: Job, gflops: Optional[float], throughput_ips: float, dtype:
     if not peak:
         return Efficiency(gflops, achieved), why
     return Efficiency(gflops, achieved, peak, 100.0 * achieved / peak), why
-
-
-def _load(job: Job, weights: Optional[bytes], threads: int, needs_model: bool) -> Loaded:
-    """Dataset, fp32 model, and the fp32 eager model's predictions (the agreement reference)."""
-    from fleetbench.agent.data import load_dataset
-    data = load_dataset(job.dataset, tuple(job.model.input_size))
-    if data.classes is not None and len(data.classes) > job.model.num_classes:
-        raise StageError("load", f"{job.dataset.path}: {len(data.classes)} class folders but "
-                                 f"num_classes is {job.model.num_classes}: labels {job.model.num_classes}.."
-                                 f"{len(data.classes) - 1} are outside the model's classes")
-    if not needs_model:
-        return Loaded(data, None, None, None)
-    checkpoint = None
-    if weights is not None and job.weights_sha256:
-        from fleetbench.agent.models import materialise_weights
-        suffix = Path(job.model.checkpoint or job.model.source).suffix
-        checkpoint = materialise_weights(weights, job.weights_sha256, suffix)
-    if job.model.scheme == "onnx":
-        path = checkpoint or Path(job.model.source.partition(":")[2])
-        if not path.is_file():
-            raise StageError(Stage.LOAD, f"{path}: ONNX model not found")
-        from fleetbench.agent.backends.onnxruntime.backend import reference_runner
-        return Loaded(data, None, path, predict(reference_runner(path, threads), data.eval_x, job.batch_size))
-    from fleetbench.agent.models import load_model
-    model, model_notes = load_model(job.model, checkpoint)
-    import torch
-    torch.set_num_threads(threads)
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)   # FLOPs per item, counted on the reference pass itself
-    with torch.inference_mode(), counter:
-        reference = predict(lambda x: model(torch.from_numpy(x)).numpy(), data.eval_x, 64)
-    items = -(-len(data.eval_x) // 64) * 64     # predict pads the last batch to 64
-    gflops = counter.get_total_flops() / items / 1e9 or None
-    return Loaded(data, model, None, reference, list(model_notes), gflops)
-
-
-def _measure(engine: Engine, example: np.ndarray, job: Job, windows_fn: Optional[Callable[[], list]] = None,
-             streams: Optional[int] = None) -> tuple[Measured, Timed, list[str]]:
-    t = time.perf_counter()
-    engine.run(example)
-    first_ms = (time.perf_counter() - t) * 1e3
-    if windows_fn is None:
-        windows = measure.measure_windows(lambda: engine.run(example), job.measure, job.measure.repeats,
-                                          gpu_index=_gpu_index(job))
-    else:
-        windows = windows_fn()
-    timed_windows, notes = timed(windows, job)
-    device_p50, device_notes = _measure_device_resident(engine, example, job)
-    return Measured(first_ms, device_p50, streams), timed_windows, notes + device_notes
-
-
-def _throughput_windows(engine, example: np.ndarray, job: Job, streams: int) -> list:
-    return [measure.throughput_window(lambda: engine.run(example), job.measure, streams)
-            for _ in range(job.measure.repeats)]
-
-
-def fresh_process_windows(artifact, job: Job, threads: int, example: np.ndarray) -> list:
-    """`repeats` windows, each in a fresh process that loads the engine, warms up and times one window
-    (repeat_mode: process): what one process's allocator, JIT or thread placement did is then not
-    repeated in every window."""
-    import multiprocessing
-    ctx = multiprocessing.get_context("spawn")
-    windows = []
-    for _ in range(job.measure.repeats):
-        with ctx.Pool(1) as pool:
-            windows.append(pool.apply(_window_in_this_process, (artifact, job, threads, example)))
-    return windows
-
-
-def _window_in_this_process(artifact, job: Job, threads: int, example: np.ndarray):
-    engine = get_backend(job.backend).load(artifact, job, threads)
-    try:
-        engine.run(example)
-        return measure.measure_windows(lambda: engine.run(example), job.measure, 1, gpu_index=_gpu_index(job))[0]
-    finally:
-        engine.close()
-
-
-def _gpu_index(job: Job) -> Optional[int]:
-    from fleetbench.agent.gpu import device_index
-    on_gpu = job.device.startswith("cuda") or job.backend == BackendName.TENSORRT
-    return device_index(job.device) if on_gpu else None
-
-
-def timed(windows: list, job: Job) -> tuple[Timed, list[str]]:
-    """A row's latency figures, p50 interval, validity verdict, energy and raw samples from its timed
-    windows, and notes for the row (why energy is missing)."""
-    from fleetbench.agent import validity
-    from fleetbench.shared.stats import p50_with_ci
-    samples = [s for w in windows for s in w.samples_s]
-    stats = measure.summarize(samples)
-    per_window = [measure.summarize(w.samples_s) for w in windows]
-    window_p50s = [w.p50_ms for w in per_window]
-    samples_ms = [s * 1e3 for s in samples]
-    p50, ci_low, ci_high = p50_with_ci(window_p50s, samples_ms)
-    measure_s, throughput = stats.window_s, stats.throughput(job.batch_size)
-    if job.scenario == "throughput":   # concurrent calls: items over the windows' wall time
-        measure_s = sum(w.duration_s for w in windows)
-        throughput = job.batch_size * stats.iterations / measure_s
-    reasons: list[str] = []
-    for i, w in enumerate(windows):
-        prefix = f"window {i + 1}: " if len(windows) > 1 else ""
-        reasons.extend(prefix + r for r in validity.judge(w, job.measure))
-    reasons.extend(validity.judge_tail(len(samples), job.measure))
-    cvs = [c for c in (validity.cv_pct(w.samples_s) for w in windows) if c is not None]
-    cpu = [w.cpu for w in windows if w.cpu is not None]
-    energy = [w.energy_j for w in windows]
-    per_item = sum(energy) / (stats.iterations * job.batch_size) if all(e is not None for e in energy) else None
-    notes = [] if per_item is not None else [
-        f"{next((w.energy_reason for w in windows if w.energy_reason), 'energy: not reported')}: "
-        "energy_j_per_item left empty"]
-    return Timed(
-        latency_mean_ms=stats.mean_ms, latency_p50_ms=p50, latency_p90_ms=stats.p90_ms,
-        latency_p99_ms=stats.p99_ms, latency_std_ms=stats.std_ms, latency_min_ms=stats.min_ms,
-        latency_p50_ci_low_ms=ci_low, latency_p50_ci_high_ms=ci_high, iterations=stats.iterations,
-        measure_s=measure_s, throughput_ips=throughput, repeats=len(windows), window_p50s_ms=window_p50s,
-        window_iters=[w.iterations for w in per_window], samples_ms=samples_ms,
-        valid=not reasons, validity="; ".join(reasons) or None, cv_pct=max(cvs) if cvs else None,
-        other_cpu_cores=max(c.other_cpu_cores for c in cpu) if cpu else None,
-        cpu_steal_pct=max(c.steal_pct for c in cpu) if cpu else None,
-        window_start=_iso(windows[0].started), window_end=_iso(windows[-1].ended), energy_j_per_item=per_item,
-    ), notes
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _measure_device_resident(engine: Engine, example: np.ndarray, job: Job) -> tuple[Optional[float], list[str]]:
-    """GPU engines that can run on inputs already on the device are timed that way too, so the row
-    tells device time from host end-to-end time (copies in and out included). A device-resident call
-    returns its device seconds from CUDA events where the engine can record them on its stream; else
-    (None) the host clock around the synchronised call is the figure, and a note says which."""
-    if engine.prepare_device_run is None:
-        return None, []
-    run = engine.prepare_device_run(example)
-    device: list = []
-    host = measure.time_loop(lambda: device.append(run()), job.measure)
-    device = device[job.measure.warmup_iters:]
-    if device and all(d is not None for d in device):
-        return measure.summarize(device).p50_ms, ["latency_device_p50_ms: CUDA events on the engine's stream"]
-    return measure.summarize(host).p50_ms, ["latency_device_p50_ms: host clock around a synchronised "
-                                            "device-resident run (no CUDA stream of the engine's to time with events)"]
 
 
 def _import_libraries() -> None:

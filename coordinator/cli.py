@@ -34,7 +34,8 @@ EPILOGS = {
     "run": """examples:
   coordinator run examples/sweep.yaml
   coordinator run sweep.yaml --db fleet.duckdb --address ray://head:10001
-  coordinator run sweep.yaml --resume                 skip jobs already ok in the latest run""",
+  coordinator run sweep.yaml --resume                 skip jobs already ok in the latest run
+  coordinator run sweep.yaml --dry-run                per node: measurements, preparations, what is cached""",
     "validate": """examples:
   coordinator validate examples/sweep.yaml
   coordinator validate sweep.yaml --db fleet.duckdb --address ray://head:10001""",
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat-interleaved", action="store_true",
                      help="with measure.repeats N > 1: run each node's jobs in N rounds (A B C A B C ...), "
                           "one timed window per round, so the machine's drift hits every job alike")
+    run.add_argument("--dry-run", action="store_true", help="print the plan per node (measurements, and the "
+                     "preparations they need and which are already cached) and run nothing")
     val = add("validate", "check a sweep file and everything `run` checks before the fleet starts")
     val.add_argument("sweep", help="path to sweep.yaml")
     val.add_argument("--db", default="results.duckdb", help="results file `run` would write (checked, not written)")
@@ -397,6 +400,10 @@ def _compare(args) -> int:
 
 
 def _run(args) -> int:
+    if args.dry_run:
+        from fleetbench.coordinator.dryrun import dry_run
+        dry_run(args.sweep, address=args.address)
+        return EXIT_OK
     from fleetbench.coordinator.run import run_sweep
     summary = run_sweep(args.sweep, db=args.db, address=args.address, resume=args.resume,
                         progress=not args.no_progress, interleaved=args.repeat_interleaved)

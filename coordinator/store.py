@@ -199,8 +199,9 @@ def _to_timestamp(value: Any) -> Optional[dt.datetime]:
     return stamp
 
 
-SCHEMA_VERSION = 3   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
-# 2: `meta`, `logs`; 3: validity columns, `samples`, nodes.host_id, the `comparison_all` view
+SCHEMA_VERSION = 4   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
+# 2: `meta`, `logs`; 3: validity columns, `samples`, nodes.host_id, the `comparison_all` view;
+# 4: results.stage_s, reused, quality_from
 APPLICATION = "fleetbench"
 _OWN_TABLES = frozenset({"sweeps", "nodes", "results"})
 _SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}

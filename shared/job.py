@@ -124,6 +124,9 @@ class Result:
     build_s: Optional[float] = None
     cache_hit: Optional[bool] = None
     wall_s: Optional[float] = None
+    stage_s: Optional[str] = None        # JSON: the job's seconds per stage on its node (prepare and measure)
+    reused: Optional[str] = None         # what the job took from the node's cache and what it made there
+    quality_from: Optional[str] = None   # evaluated in this job, or predictions reused (and from what)
     notes: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None

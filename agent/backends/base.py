@@ -35,12 +35,15 @@ class ExportContext:
     workdir: Path                   # where the artifact's files go
     calib_x: np.ndarray             # calibration inputs (disjoint from evaluation)
     onnx_source: Optional[Path] = None   # set for onnx:<path> models
+    onnx_fn: Optional[Callable[[], Path]] = None   # the node's shared export (agent/prepare.py), made on first use
     _onnx: Optional[Path] = None
 
     def onnx(self) -> Path:
         """The fp32 ONNX export of the model, made once per job and shared by ONNX-based backends."""
         if self.onnx_source is not None:
             return self.onnx_source
+        if self._onnx is None and self.onnx_fn is not None:
+            self._onnx = self.onnx_fn()
         if self._onnx is None:
             from fleetbench.agent.onnx_export import export_onnx
             self._onnx = export_onnx(self.model, self.example, self.workdir / "onnx" / "model.onnx")
@@ -97,13 +100,21 @@ class Backend(ABC):
       engine computes in (a str from shared.vocab.Dtype) or `Unsupported("why")`. Registration fails
       when a precision method is missing, so no method silently falls back to fp32.
     - `needs_model`: loads the model and evaluates quality (False only for the test-only null engine).
-    - `cacheable`: its artifact is plain files, kept by the engine cache (agent/cache.py).
+    - `cacheable`: its artifact is plain files, kept in the node's cache (agent/prepare.py) and timed in a
+      fresh measuring process that imports only this backend's runtime (agent/measureproc.py).
+    - `takes_onnx`: its artifact is made from the fp32 ONNX export (shared on the node by such backends).
+    - `shares_batch(job)`: its artifact takes a dynamic batch axis, so one serves every batch size.
     """
 
     name: ClassVar[str]
     precisions: ClassVar[Mapping[str, Union[str, "Unsupported"]]]
     needs_model: ClassVar[bool] = True
     cacheable: ClassVar[bool] = True
+    takes_onnx: ClassVar[bool] = False
+
+    def shares_batch(self, job: Job) -> bool:
+        """Whether one artifact (dynamic batch axis) serves this job at every batch size."""
+        return False
 
     @abstractmethod
     def probe(self) -> Availability:

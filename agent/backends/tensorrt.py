@@ -108,6 +108,7 @@ def cuda_device_names(n: int) -> tuple[str, ...]:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     cacheable = False   # engines are cached by engine_cache_key (GPU, compute capability, TensorRT, driver)
+    takes_onnx = True   # built from the node's shared ONNX export, at a static batch size
     # precision comes from the ONNX graph (onnxruntime.variants): fp16-converted, or ORT's Q/DQ int8
     precisions = {
         "fp16": "fp16",

@@ -368,7 +368,7 @@ def test_openvino_fake_device_config(monkeypatch, device, threads, dtype, hint):
 @pytest.mark.parametrize("device_s, expect_note", [(0.000250, "CUDA events"), (None, "host clock")])
 def test_device_resident_time_fake_engine_uses_cuda_events_where_given(device_s, expect_note):
     from fleetbench.agent.backends.base import Engine
-    from fleetbench.agent.runner import _measure_device_resident
+    from fleetbench.agent.measuring import _measure_device_resident
     calls = []
 
     def prepare(x):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fleetbench.agent import measure, validity
-from fleetbench.agent.runner import timed
+from fleetbench.agent.measuring import timed
 from fleetbench.shared.job import Job, Result
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
 from tests.fixtures.fake_gpu import FakeGpu, fake_pynvml

@@ -59,7 +59,7 @@ def test_a_quiet_run_does_not_blame_the_job_itself(demo_model_spec):
 def test_repeats_in_this_process_and_in_fresh_processes(demo_model_spec, tmp_path):
     from fleetbench.agent import measure
     from fleetbench.agent.backends import get
-    from fleetbench.agent.runner import fresh_process_windows
+    from fleetbench.agent.measuring import fresh_process_windows
     spec = MeasureSpec(warmup_iters=1, min_iters=5, min_duration_s=0, max_duration_s=10, repeats=3)
     r = run_job(make_job(demo_model_spec, spec, backend="onnxruntime"))
     assert r.status == "ok", r.error

@@ -10,6 +10,12 @@ from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
 
 
+def lookup(job, backend):
+    """The cached artifact of `job` (agent/cache.py lookup_artifact), or None."""
+    got = cache.lookup_artifact(job, backend)
+    return None if got is None else got[0]
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
@@ -42,18 +48,18 @@ def test_store_then_lookup_keeps_files_layout_dtype_and_notes(cache_dir, tmp_pat
     job = make_job(demo_model_spec, quick_measure)
     work = tmp_path / "work"
     files = [write(work / "onnx" / "model.onnx"), write(work / "onnx" / "model.onnx.data", b"w" * 99)]
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     entry = cache.store(job, Files(), Artifact(files, dtype="fp16", notes=["made"], compute_dtype="fp16"), work)
     assert entry is not None and entry.parent == cache_dir
-    hit = cache.lookup(job, Files())
+    hit = lookup(job, Files())
     assert [p.relative_to(entry).as_posix() for p in hit.files] == ["onnx/model.onnx", "onnx/model.onnx.data"]
     assert hit.main.read_bytes() == b"x" * 10 and hit.files[1].stat().st_size == 99
     assert (hit.dtype, hit.compute_dtype, hit.notes) == ("fp16", "fp16", ["made"])
     manifest = json.loads((entry / "manifest.json").read_text())
-    assert manifest["job_id"] == job.job_id and manifest["fingerprint"]["versions"]["python"]
+    assert manifest["info"]["job_id"] == job.job_id and manifest["info"]["fingerprint"]["versions"]["python"]
     # another job (other batch size, other node) is another entry
-    assert cache.lookup(make_job(demo_model_spec, quick_measure, batch_size=8), Files()) is None
-    assert cache.lookup(make_job(demo_model_spec, quick_measure, node_key="other"), Files()) is None
+    assert lookup(make_job(demo_model_spec, quick_measure, batch_size=8), Files()) is None
+    assert lookup(make_job(demo_model_spec, quick_measure, node_key="other"), Files()) is None
 
 
 def test_the_key_covers_hardware_and_library_versions(cache_dir, demo_model_spec, quick_measure):
@@ -76,7 +82,7 @@ def test_uncacheable_backends_are_not_cached(cache_dir, tmp_path, demo_model_spe
     job = make_job(demo_model_spec, quick_measure)
     f = write(tmp_path / "w" / "model.bin")
     assert cache.store(job, Live(), Artifact([f]), tmp_path / "w") is None
-    assert cache.lookup(job, Live()) is None
+    assert lookup(job, Live()) is None
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
 
 
@@ -85,11 +91,11 @@ def test_a_damaged_entry_is_a_miss_and_is_replaced(cache_dir, tmp_path, demo_mod
     f = write(tmp_path / "w" / "model.bin")
     entry = cache.store(job, Files(), Artifact([f]), tmp_path / "w")
     (entry / "model.bin").write_bytes(b"short")
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     assert not entry.exists()   # a damaged entry is removed on the miss
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     assert cache.store(job, Files(), Artifact([f]), tmp_path / "w") == entry
-    assert cache.lookup(job, Files()).main.read_bytes() == b"x" * 10
+    assert lookup(job, Files()).main.read_bytes() == b"x" * 10
 
 
 def test_an_identical_second_job_skips_the_export(cache_dir, demo_model_spec, quick_measure):

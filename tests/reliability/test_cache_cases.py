@@ -17,6 +17,12 @@ from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
 
 
+def lookup(job, backend):
+    """The cached artifact of `job` (agent/cache.py lookup_artifact), or None."""
+    got = cache.lookup_artifact(job, backend)
+    return None if got is None else got[0]
+
+
 @pytest.fixture
 def base(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path / "cache"))
@@ -45,7 +51,7 @@ def stored(job, tmp_path, files=None):
         (work / rel).write_bytes(data)
         paths.append(work / rel)
     entry = cache.store(job, Files(), Artifact(paths, dtype="fp32"), work)
-    assert entry is not None and cache.lookup(job, Files()) is not None
+    assert entry is not None and lookup(job, Files()) is not None
     return entry
 
 
@@ -59,7 +65,7 @@ def test_same_size_overwrite_of_the_data_file_is_a_miss(base, tmp_path, demo_mod
     job = make_job(demo_model_spec, quick_measure)
     entry = stored(job, tmp_path)
     (entry / "onnx/model.onnx.data").write_bytes(os.urandom(99))   # same size, other floats
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     assert not entry.exists()                                       # removed, to be rebuilt
 
 
@@ -67,7 +73,7 @@ def test_truncated_file_is_a_miss(base, tmp_path, demo_model_spec, quick_measure
     job = make_job(demo_model_spec, quick_measure)
     entry = stored(job, tmp_path)
     os.truncate(entry / "onnx/model.onnx", 3)
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
 
 
 @pytest.mark.parametrize("planted", ["/etc/passwd", "../../../../etc/passwd", "onnx/../../x", "", 7, None,
@@ -79,7 +85,7 @@ def test_planted_manifest_paths_outside_the_entry_are_a_miss(base, tmp_path, dem
     m = json.loads((entry / "manifest.json").read_text())
     m["files"][0] = planted
     (entry / "manifest.json").write_text(json.dumps(m))
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
 
 
 @pytest.mark.parametrize("manifest", [b"", b"{", b"[]", b'{"format": 2}', b'{"format": 2, "files": [],'
@@ -88,7 +94,7 @@ def test_garbage_manifest_is_a_miss_not_a_traceback(base, tmp_path, demo_model_s
     job = make_job(demo_model_spec, quick_measure)
     entry = stored(job, tmp_path)
     (entry / "manifest.json").write_bytes(manifest)
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
 
 
 def test_a_file_replaced_by_a_symlink_is_a_miss(base, tmp_path, demo_model_spec, quick_measure):
@@ -98,7 +104,7 @@ def test_a_file_replaced_by_a_symlink_is_a_miss(base, tmp_path, demo_model_spec,
     target.write_bytes(b"x" * 10)           # same bytes: only the symlink is wrong
     (entry / "onnx/model.onnx").unlink()
     (entry / "onnx/model.onnx").symlink_to(target)
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     assert target.read_bytes() == b"x" * 10   # the target is left alone
 
 
@@ -108,7 +114,7 @@ def test_a_folder_on_the_path_replaced_by_a_symlink_is_a_miss(base, tmp_path, de
     real = tmp_path / "real-onnx"
     (entry / "onnx").rename(real)
     (entry / "onnx").symlink_to(real)
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
 
 
 def test_an_entry_that_is_a_symlink_to_a_planted_folder_is_a_miss(base, tmp_path, demo_model_spec, quick_measure):
@@ -117,7 +123,7 @@ def test_an_entry_that_is_a_symlink_to_a_planted_folder_is_a_miss(base, tmp_path
     planted = tmp_path / "planted"
     entry.rename(planted)
     entry.symlink_to(planted)
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     assert planted.is_dir() and not entry.is_symlink()   # the link is removed, not what it points to
 
 
@@ -128,7 +134,7 @@ def test_an_old_format_entry_with_sizes_only_is_a_miss(base, tmp_path, demo_mode
     m["format"] = 1
     del m["sha256"]
     (entry / "manifest.json").write_text(json.dumps(m))
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
 
 
 def test_end_to_end_an_altered_cached_engine_is_rebuilt_and_the_figure_is_right(base, demo_model_spec,
@@ -171,7 +177,7 @@ def test_a_cache_folder_of_another_user_is_not_used(base, tmp_path, demo_model_s
     f.parent.mkdir()
     f.write_bytes(b"x")
     assert cache.store(job, Files(), Artifact([f]), tmp_path / "w") is None
-    assert cache.lookup(job, Files()) is None
+    assert lookup(job, Files()) is None
     assert not any((base / "engines").iterdir())
     assert "belongs to uid 12345" in caplog.text
 
@@ -221,7 +227,7 @@ def test_racing_writers_leave_one_whole_entry(base, tmp_path, demo_model_spec, q
         t.join()
     assert len(set(out)) == 1 and out[0] is not None
     assert [p.name for p in (base / "engines").iterdir()] == [out[0].name]   # no temp folder left
-    assert cache.lookup(job, Files()).main.read_bytes() == f.read_bytes()
+    assert lookup(job, Files()).main.read_bytes() == f.read_bytes()
 
 
 # -- shipped checkpoints ---------------------------------------------------------------------------
@@ -303,5 +309,5 @@ def test_a_hit_counts_as_use_for_prune(base, tmp_path, demo_model_spec, quick_me
     long_ago = time.time() - 40 * 86400
     for p in (entry, entry / "manifest.json"):
         os.utime(p, (long_ago, long_ago))
-    assert cache.lookup(job, Files()) is not None
+    assert lookup(job, Files()) is not None
     assert cache.prune(30 * 86400) == []

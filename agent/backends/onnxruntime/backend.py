@@ -12,6 +12,7 @@ from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.vocab import HwKind
 
+BATCH_AXIS = "batch"   # agent/onnx_export.py names a dynamic batch axis so
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt-ep": "TensorrtExecutionProvider"}
 # Devices other than cpu: the module of this package that builds their engine, and their hardware kind.
@@ -29,6 +30,10 @@ class OnnxRuntimeBackend(Backend):
         "int8-dynamic": "int8",
         "int8-static": "int8",
     }
+    takes_onnx = True
+
+    def shares_batch(self, job: Job) -> bool:
+        return job.device in ("cpu", "cuda")   # the TensorRT EP builds per shape
 
     def probe(self) -> Availability:
         try:
@@ -60,6 +65,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
         opts = session_options(ort, threads)
         opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")   # which EP ran each node
+        opts.add_free_dimension_override_by_name(BATCH_AXIS, job.batch_size)   # a shared graph runs at a fixed batch
         provider = PROVIDERS[job.device]
         if job.device in EP_MODULES:
             module = importlib.import_module(f"{__package__}.{EP_MODULES[job.device]}")

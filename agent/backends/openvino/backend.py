@@ -19,6 +19,10 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     # fp16 and bf16 also need the device to list them in OPTIMIZATION_CAPABILITIES (check_compression)
     precisions = {"fp16": "fp16", "bf16": "bf16", "int8-dynamic": Unsupported(INT8_DYNAMIC), "int8-static": "int8"}
+    takes_onnx = True
+
+    def shares_batch(self, job: Job) -> bool:
+        return True   # the IR keeps a dynamic batch axis; load() reshapes it to the job's batch size
 
     def probe(self) -> Availability:
         try:
@@ -63,7 +67,10 @@ class OpenVinoBackend(Backend):
                   if supported is None or k in supported}   # an NPU plugin may not take every property
         if device == "CPU":
             config["INFERENCE_NUM_THREADS"] = str(threads)
-        compiled = core.compile_model(str(artifact.main), device, config)
+        model = core.read_model(str(artifact.main))
+        if model.inputs[0].get_partial_shape().is_dynamic:   # a shared IR: compile it static, at this batch size
+            model.reshape({model.inputs[0]: [job.batch_size, *job.model.input_size]})
+        compiled = core.compile_model(model, device, config)
         real = _compiled_precision(compiled, device, artifact.dtype)
         request = compiled.create_infer_request()
         inp = request.get_input_tensor(0)
