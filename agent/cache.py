@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.paths import cache_dir
-from fleetbench.shared.job import Job
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -295,73 +293,6 @@ def _remove(path: Path) -> None:
             shutil.rmtree(path)
     except OSError as e:
         log.debug("cannot remove %s: %s", path, e)
-
-
-# ---- engines: a backend's exported artifact --------------------------------------------------------
-
-def cache_key(job: Job, fp: Optional[dict[str, Any]] = None, backend=None) -> str:
-    """The key of a backend's artifact for this job on this node (agent/prepare.py artifact_key)."""
-    from fleetbench.agent.prepare import artifact_key
-    return artifact_key(job, backend, fp)
-
-
-def lookup_artifact(job: Job, backend) -> Optional[tuple[Artifact, Entry]]:
-    """The cached artifact of this job on this node and its entry, or None (a damaged entry is a miss)."""
-    if not backend.cacheable:
-        return None
-    entry = lookup(ENGINES, cache_key(job, backend=backend))
-    if entry is None:
-        return None
-    info = entry.info
-    try:
-        files = [entry.file(rel) for rel in info["files"]]
-        notes = [str(n) for n in info.get("notes") or []]
-        dtype = info.get("dtype")
-    except (KeyError, TypeError):
-        return None
-    if not files or not isinstance(dtype, (str, type(None))):
-        return None
-    return Artifact(files=files, dtype=dtype or "fp32", notes=notes, compute_dtype=info.get("compute_dtype")), entry
-
-
-def store(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[dict] = None) -> Optional[Path]:
-    """Keep the artifact's files for later jobs with the same key; returns the entry, or None when not
-    cached. `info` (JSON) is kept beside it (what the compress stage said)."""
-    if not backend.cacheable:
-        return None
-    rels = _relative_names(artifact.files, Path(workdir))
-    if rels is None:
-        return None
-
-    def make(folder: Path) -> dict:
-        for src, rel in zip(artifact.files, rels):
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, folder / rel)
-        return {**(info or {}), "files": rels, "dtype": artifact.dtype, "compute_dtype": artifact.compute_dtype,
-                "notes": list(artifact.notes), "job_id": job.job_id, "job": job.describe(),
-                "backend": job.backend, "fingerprint": fingerprint()}
-
-    try:
-        private_dir(cache_root())
-        return put(ENGINES, cache_key(job, backend=backend), make).path
-    except OSError as e:
-        log.warning("engine cache: cannot store %s: %s", job.describe(), e)
-        return None
-
-
-def _relative_names(files: list[Path], workdir: Path) -> Optional[list[str]]:
-    """Each file's path under workdir (a file outside it, e.g. an onnx: source, by its name); None on a clash."""
-    rels = []
-    for f in files:
-        p = Path(f)
-        try:
-            rel = p.resolve().relative_to(workdir.resolve()).as_posix()
-        except ValueError:
-            rel = p.name
-        if rel == MANIFEST or rel in rels or not p.is_file():
-            return None
-        rels.append(rel)
-    return rels
 
 
 # ---- prune -------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("probe", help="print this node's profile as JSON")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    help="a node label, as Ray would carry it (e.g. fleet.kind=intel)")
-    c = sub.add_parser("cache", help="this node's caches (engines, shipped checkpoints)")
+    c = sub.add_parser("cache", help="this node's caches (prepared work, engines, shipped checkpoints)")
     csub = c.add_subparsers(dest="cache_cmd", required=True)
     pr = csub.add_parser("prune", help="remove entries not used for --older-than days")
     pr.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",

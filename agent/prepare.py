@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fleetbench.agent import cache
+from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.cache import code_hash
 from fleetbench.shared.errors import StageError
 from fleetbench.shared.job import Job
@@ -325,17 +327,63 @@ def onnx_export(job: Job, model_fn, example: np.ndarray, dynamic: bool) -> tuple
     return entry.file("model.onnx"), entry.hit, False
 
 
-def stored_artifact(job: Job, backend):
-    """The backend's artifact for this job from the node's cache, with its entry, or None."""
-    return cache.lookup_artifact(job, backend)
-
-
-def store_artifact(job: Job, backend, artifact, workdir: Path, info: dict):
-    """Keep an exported artifact's files (and info) for every later job with the same artifact key;
-    the kept copy (artifact, entry), or None when it was not kept."""
-    if cache.store(job, backend, artifact, workdir, info) is None:
+def stored_artifact(job: Job, backend) -> Optional[tuple[Artifact, cache.Entry]]:
+    """The cached artifact of this job on this node and its entry, or None (a damaged entry is a miss)."""
+    if not backend.cacheable:
         return None
-    return cache.lookup_artifact(job, backend)
+    entry = cache.lookup(cache.ENGINES, artifact_key(job, backend))
+    if entry is None:
+        return None
+    info = entry.info
+    try:
+        files = [entry.file(rel) for rel in info["files"]]
+        notes = [str(n) for n in info.get("notes") or []]
+        dtype = info.get("dtype")
+    except (KeyError, TypeError):
+        return None
+    if not files or not isinstance(dtype, (str, type(None))):
+        return None
+    return Artifact(files=files, dtype=dtype or "fp32", notes=notes, compute_dtype=info.get("compute_dtype")), entry
+
+
+def store_artifact(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[dict] = None) -> Optional[Path]:
+    """Keep the artifact's files for later jobs with the same key; returns the entry, or None when not
+    cached. `info` (JSON) is kept beside it (what the compress stage said)."""
+    if not backend.cacheable:
+        return None
+    rels = _relative_names(artifact.files, Path(workdir))
+    if rels is None:
+        return None
+
+    def make(folder: Path) -> dict:
+        for src, rel in zip(artifact.files, rels):
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, folder / rel)
+        return {**(info or {}), "files": rels, "dtype": artifact.dtype, "compute_dtype": artifact.compute_dtype,
+                "notes": list(artifact.notes), "job_id": job.job_id, "job": job.describe(),
+                "backend": job.backend, "fingerprint": cache.fingerprint()}
+
+    try:
+        cache.private_dir(cache.cache_root())
+        return cache.put(cache.ENGINES, artifact_key(job, backend), make).path
+    except OSError as e:
+        log.warning("engine cache: cannot store %s: %s", job.describe(), e)
+        return None
+
+
+def _relative_names(files: list[Path], workdir: Path) -> Optional[list[str]]:
+    """Each file's path under workdir (a file outside it, e.g. an onnx: source, by its name); None on a clash."""
+    rels = []
+    for f in files:
+        p = Path(f)
+        try:
+            rel = p.resolve().relative_to(workdir.resolve()).as_posix()
+        except ValueError:
+            rel = p.name
+        if rel == cache.MANIFEST or rel in rels or not p.is_file():
+            return None
+        rels.append(rel)
+    return rels
 
 
 def stored_predictions(job: Job, backend, threads: int) -> Optional[np.ndarray]:

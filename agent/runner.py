@@ -289,8 +289,8 @@ def _prepare_artifact(st: _Job, weights: Optional[bytes], data, example: np.ndar
         if backend.cacheable:
             cache_hit = False
             if flags["dynamic"] == shared:   # a static export where a shared one was planned is not kept
-                kept = prepare.store_artifact(job, backend, artifact, st.workdir, info)
-                artifact = kept[0] if kept else artifact
+                if prepare.store_artifact(job, backend, artifact, st.workdir, info) is not None:
+                    artifact = (prepare.stored_artifact(job, backend) or (artifact,))[0]   # the kept copy
             st.reuse["artifact"] = False
         out.add(Exported(export_s, cache_hit, sizes.size_bytes(artifact.files) / MB,
                          sizes.compressed_bytes(artifact.files) / MB), artifact.notes)

@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("run", help="run id (or a unique prefix), or 'last'")
     lg.add_argument("--job", help="only this job id (or a unique prefix)")
     db(lg)
-    cache = add("cache", "the nodes' caches (engines, shipped checkpoints)")
+    cache = add("cache", "the nodes' caches (prepared work, engines, shipped checkpoints)")
     csub = cache.add_subparsers(dest="cache_cmd", required=True)
     prune = csub.add_parser("prune", help="remove cache entries not used for --older-than days, on every "
                             "node of --address (one task per node), else on this machine")

@@ -129,6 +129,11 @@ def fake_ort(**session_kw):
         def add_session_config_entry(self, k, v):
             self.entries[k] = v
 
+        def add_free_dimension_override_by_name(self, name, value):   # the real one takes (str, int)
+            if not isinstance(name, str) or not isinstance(value, int):
+                raise TypeError("add_free_dimension_override_by_name(str, int)")
+            self.entries[f"free_dim:{name}"] = value
+
     m.InferenceSession, m.SessionOptions = session, SessionOptions
     m.ExecutionMode = types.SimpleNamespace(ORT_SEQUENTIAL=0)
     m.GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99)

@@ -1,9 +1,9 @@
-"""The per-node engine cache (agent/cache.py), without Ray: keys, entries, and run_job skipping the export."""
+"""The node cache's engine entries (agent/cache.py), without Ray: keys, entries, and run_job skipping the export."""
 import json
 
 import pytest
 
-from fleetbench.agent import cache
+from fleetbench.agent import cache, prepare
 from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.job import Job
@@ -11,8 +11,8 @@ from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
 
 
 def lookup(job, backend):
-    """The cached artifact of `job` (agent/cache.py lookup_artifact), or None."""
-    got = cache.lookup_artifact(job, backend)
+    """The cached artifact of `job` (agent/prepare.py stored_artifact), or None."""
+    got = prepare.stored_artifact(job, backend)
     return None if got is None else got[0]
 
 
@@ -49,7 +49,7 @@ def test_store_then_lookup_keeps_files_layout_dtype_and_notes(cache_dir, tmp_pat
     work = tmp_path / "work"
     files = [write(work / "onnx" / "model.onnx"), write(work / "onnx" / "model.onnx.data", b"w" * 99)]
     assert lookup(job, Files()) is None
-    entry = cache.store(job, Files(), Artifact(files, dtype="fp16", notes=["made"], compute_dtype="fp16"), work)
+    entry = prepare.store_artifact(job, Files(), Artifact(files, dtype="fp16", notes=["made"], compute_dtype="fp16"), work)
     assert entry is not None and entry.parent == cache_dir
     hit = lookup(job, Files())
     assert [p.relative_to(entry).as_posix() for p in hit.files] == ["onnx/model.onnx", "onnx/model.onnx.data"]
@@ -66,22 +66,22 @@ def test_the_key_covers_hardware_and_library_versions(cache_dir, demo_model_spec
     job = make_job(demo_model_spec, quick_measure)
     fp = cache.fingerprint()
     assert {"cpu", "isa", "gpus", "driver", "versions"} <= set(fp)
-    keys = {cache.cache_key(job, fp),
-            cache.cache_key(job, {**fp, "driver": "999.1"}),
-            cache.cache_key(job, {**fp, "gpus": ["NVIDIA H100"]}),
-            cache.cache_key(job, {**fp, "cpu": "Other CPU"}),
-            cache.cache_key(job, {**fp, "versions": {**fp["versions"], "onnxruntime": "0.0.1"}})}
+    keys = {prepare.artifact_key(job, None, fp),
+            prepare.artifact_key(job, None, {**fp, "driver": "999.1"}),
+            prepare.artifact_key(job, None, {**fp, "gpus": ["NVIDIA H100"]}),
+            prepare.artifact_key(job, None, {**fp, "cpu": "Other CPU"}),
+            prepare.artifact_key(job, None, {**fp, "versions": {**fp["versions"], "onnxruntime": "0.0.1"}})}
     assert len(keys) == 5
-    assert cache.cache_key(job) == cache.cache_key(job, fp)
+    assert prepare.artifact_key(job, None) == prepare.artifact_key(job, None, fp)
     from fleetbench.agent.backends import get
     ts, ort = get("torchscript"), get("onnxruntime")   # the exporter's own source is in the key too
-    assert cache.cache_key(job, fp, ts) != cache.cache_key(job, fp, ort) != cache.cache_key(job, fp)
+    assert prepare.artifact_key(job, ts, fp) != prepare.artifact_key(job, ort, fp) != prepare.artifact_key(job, None, fp)
 
 
 def test_uncacheable_backends_are_not_cached(cache_dir, tmp_path, demo_model_spec, quick_measure):
     job = make_job(demo_model_spec, quick_measure)
     f = write(tmp_path / "w" / "model.bin")
-    assert cache.store(job, Live(), Artifact([f]), tmp_path / "w") is None
+    assert prepare.store_artifact(job, Live(), Artifact([f]), tmp_path / "w") is None
     assert lookup(job, Live()) is None
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
 
@@ -89,12 +89,12 @@ def test_uncacheable_backends_are_not_cached(cache_dir, tmp_path, demo_model_spe
 def test_a_damaged_entry_is_a_miss_and_is_replaced(cache_dir, tmp_path, demo_model_spec, quick_measure):
     job = make_job(demo_model_spec, quick_measure)
     f = write(tmp_path / "w" / "model.bin")
-    entry = cache.store(job, Files(), Artifact([f]), tmp_path / "w")
+    entry = prepare.store_artifact(job, Files(), Artifact([f]), tmp_path / "w")
     (entry / "model.bin").write_bytes(b"short")
     assert lookup(job, Files()) is None
     assert not entry.exists()   # a damaged entry is removed on the miss
     assert lookup(job, Files()) is None
-    assert cache.store(job, Files(), Artifact([f]), tmp_path / "w") == entry
+    assert prepare.store_artifact(job, Files(), Artifact([f]), tmp_path / "w") == entry
     assert lookup(job, Files()).main.read_bytes() == b"x" * 10
 
 

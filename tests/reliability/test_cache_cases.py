@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fleetbench.agent import cache
+from fleetbench.agent import cache, prepare
 from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.models import materialise_weights, weights_cache_dir
 from fleetbench.agent.runner import run_job
@@ -18,8 +18,8 @@ from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
 
 
 def lookup(job, backend):
-    """The cached artifact of `job` (agent/cache.py lookup_artifact), or None."""
-    got = cache.lookup_artifact(job, backend)
+    """The cached artifact of `job` (agent/prepare.py stored_artifact), or None."""
+    got = prepare.stored_artifact(job, backend)
     return None if got is None else got[0]
 
 
@@ -50,7 +50,7 @@ def stored(job, tmp_path, files=None):
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_bytes(data)
         paths.append(work / rel)
-    entry = cache.store(job, Files(), Artifact(paths, dtype="fp32"), work)
+    entry = prepare.store_artifact(job, Files(), Artifact(paths, dtype="fp32"), work)
     assert entry is not None and lookup(job, Files()) is not None
     return entry
 
@@ -176,7 +176,7 @@ def test_a_cache_folder_of_another_user_is_not_used(base, tmp_path, demo_model_s
     f = tmp_path / "w" / "m.bin"
     f.parent.mkdir()
     f.write_bytes(b"x")
-    assert cache.store(job, Files(), Artifact([f]), tmp_path / "w") is None
+    assert prepare.store_artifact(job, Files(), Artifact([f]), tmp_path / "w") is None
     assert lookup(job, Files()) is None
     assert not any((base / "engines").iterdir())
     assert "belongs to uid 12345" in caplog.text
@@ -190,14 +190,14 @@ def test_a_cache_root_that_is_a_symlink_is_not_used(base, tmp_path, demo_model_s
     f = tmp_path / "w" / "m.bin"
     f.parent.mkdir()
     f.write_bytes(b"x")
-    assert cache.store(job, Files(), Artifact([f]), tmp_path / "w") is None
+    assert prepare.store_artifact(job, Files(), Artifact([f]), tmp_path / "w") is None
     assert not any((tmp_path / "shared").iterdir())
 
 
 def test_a_symlink_at_the_old_predictable_temp_name_is_not_written_through(base, tmp_path, demo_model_spec,
                                                                             quick_measure):
     job = make_job(demo_model_spec, quick_measure)
-    key = cache.cache_key(job, backend=Files())
+    key = prepare.artifact_key(job, Files())
     (base / "engines").mkdir(parents=True, mode=0o700)
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -218,7 +218,7 @@ def test_racing_writers_leave_one_whole_entry(base, tmp_path, demo_model_spec, q
 
     def writer():
         go.wait()
-        out.append(cache.store(job, Files(), Artifact([f]), work))
+        out.append(prepare.store_artifact(job, Files(), Artifact([f]), work))
 
     threads = [threading.Thread(target=writer) for _ in range(8)]
     for t in threads:
