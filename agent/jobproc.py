@@ -7,29 +7,18 @@ It dies with its parent (PR_SET_PDEATHSIG), so a cancelled task leaves no job ru
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import pickle
-import signal
 import sys
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:   # the parent died before the prctl took effect
-        os._exit(1)
+from fleetbench.agent.childproc import die_with_parent, finish
 
 
 def main(argv: list[str]) -> int:
     folder, fd, parent = Path(argv[0]), int(argv[1]), int(argv[2])
-    _die_with_parent(parent)
+    die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fleetbench.agent.runner import run_job
@@ -37,13 +26,8 @@ def main(argv: list[str]) -> int:
     status = os.fdopen(fd, "w", buffering=1)
     diagnostics: dict = {}
     result = run_job(job, weights, on_stage=lambda name: status.write(name + "\n"), diagnostics=diagnostics)
-    tmp = folder / "result.pkl.tmp"
-    tmp.write_bytes(pickle.dumps((result, diagnostics)))
-    tmp.replace(folder / "result.pkl")
-    status.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # skip interpreter teardown: a runtime's atexit hook cannot turn a finished job into a crash
+    finish(folder, (result, diagnostics), status)
+    return 0
 
 
 if __name__ == "__main__":

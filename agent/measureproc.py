@@ -13,7 +13,6 @@ It dies with its parent (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pickle
 import signal
@@ -24,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from fleetbench.agent.childproc import die_with_parent, finish
+
 # Runtimes and heavy libraries: the result says which of these the measuring process had loaded.
 WATCHED = ("torch", "onnxruntime", "openvino", "tensorrt", "ai_edge_litert", "tensorflow", "jax", "litert_torch",
            "sklearn", "scipy", "timm", "onnx", "nncf")
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -112,13 +112,6 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
-def _die_with_parent(parent: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _child(folder: Path, status) -> Outcome:
     import importlib
 
@@ -164,19 +157,13 @@ def _child(folder: Path, status) -> Outcome:
 
 def main(argv: list[str]) -> int:
     folder, fd, parent = Path(argv[0]), int(argv[1]), int(argv[2])
-    _die_with_parent(parent)
+    die_with_parent(parent)
     import logging
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     status = os.fdopen(fd, "w", buffering=1)
     from fleetbench.agent import measureproc  # records pickled under their module's name, not __main__
-    outcome = measureproc._child(folder, status)
-    tmp = folder / "result.pkl.tmp"
-    tmp.write_bytes(pickle.dumps(outcome))
-    tmp.replace(folder / "result.pkl")
-    status.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # no interpreter teardown: a runtime's exit hook cannot turn a finished job into a crash
+    finish(folder, measureproc._child(folder, status), status)
+    return 0
 
 
 if __name__ == "__main__":

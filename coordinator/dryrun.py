@@ -13,12 +13,11 @@ from typing import Optional
 
 import ray
 
+from fleetbench.agent.cache import KINDS
 from fleetbench.coordinator import cluster
 from fleetbench.coordinator.plan import plan, resolve_local
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import load_sweep
-
-from fleetbench.agent.cache import KINDS
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)

@@ -68,14 +68,14 @@ def exporter_fingerprint() -> dict[str, Any]:
     """Hashes of fleetbench's exporter code and the versions of the packages that write the ONNX graph."""
     import importlib.metadata
 
-    from fleetbench.agent.cache import _source_hash
+    from fleetbench.agent.cache import code_hash
     versions: dict[str, Optional[str]] = {}
     for name in EXPORTER_PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"code": {m: _source_hash(m) for m in EXPORTER_MODULES}, "versions": versions}
+    return {"code": {m: code_hash(m) for m in EXPORTER_MODULES}, "versions": versions}
 
 
 def engine_cache_key(job_id: str, gpu: Mapping[str, Any] | str, trt_version: str, driver: Optional[str],

@@ -325,12 +325,30 @@ def fake_openvino(devices, props):
             return types.SimpleNamespace(infer=lambda inputs=None: None, get_output_tensor=lambda i: out,
                                          get_input_tensor=lambda i: inp)
 
+    class Port:    # ov.Output: hashable, a key of reshape's dict
+        def get_partial_shape(self):
+            return types.SimpleNamespace(is_dynamic=True)
+
+    class Model:   # an IR with a dynamic batch axis, as agent/prepare.py shares it between batch sizes
+        def __init__(self, path):
+            self.path, self.shape = str(path), None
+            self.inputs = [Port()]
+
+        def reshape(self, shapes):
+            assert list(shapes) == [self.inputs[0]], "reshape takes {input: shape}"
+            (self.shape,) = shapes.values()
+
     class Core:
         available_devices = devices
 
         def get_property(self, device, key):
             assert key == "SUPPORTED_PROPERTIES"
             return props.get(device.split(".")[0], ())
+
+        def read_model(self, path):
+            if not isinstance(path, str):
+                raise TypeError("read_model(model: str, ...)")
+            return Model(path)
 
         def compile_model(self, path, device, config):
             c = Compiled(device, dict(config))

@@ -153,7 +153,8 @@ def test_measuring_process_carries_only_its_runtime(backend, runtime, node_cache
     row = run_job(job, workdir=tmp_path / "work")
     assert row.status == "ok", row.error
     outcome = pickle.loads((tmp_path / "work" / "measure" / "result.pkl").read_bytes())
-    assert outcome.error is None and outcome.modules == [runtime]   # sys.modules of the measuring process: no torch, no other runtime
+    # sys.modules of the measuring process: its runtime, no torch, no other runtime
+    assert outcome.error is None and outcome.modules == [runtime]
     assert row.ram_peak_mb < 1000 and row.ram_delta_mb >= 0
 
 
