@@ -40,7 +40,7 @@ def test_sweep_streams_rows_into_duckdb_and_resume_reruns_only_the_rest(tmp_path
     from fleetbench.coordinator.run import run_sweep
     sweep, db = write_sweep(tmp_path / "sweep.yaml"), tmp_path / "r.duckdb"
     counts = run_sweep(str(sweep), db=str(db), progress=False)
-    assert counts["ok"] == 6 and counts["failed"] == 2 and counts["unsupported"] == 4
+    assert counts["ok"] == 7 and counts["failed"] == 1 and counts["unsupported"] == 4
 
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT model, backend, batch_size, status, stage, error, latency_p50_ms, f1_macro, "
@@ -52,7 +52,8 @@ def test_sweep_streams_rows_into_duckdb_and_resume_reruns_only_the_rest(tmp_path
             assert r[6] > 0 and r[8] >= 0.99 and r[9] > 0 and r[10] and len(r[11]) > 20
     assert by[("digits", "onnxruntime", 8)][7] >= 0.95
     assert by[("trap", "pytorch", 8)][3:5] == ("failed", "measure")
-    assert by[("trap", "onnxruntime", 8)][3:5] == ("failed", "export")
+    # the node's one ONNX export of the trap has a dynamic batch axis (traced at batch 2): the graph runs at 8
+    assert by[("trap", "onnxruntime", 8)][3] == "ok"
     assert "BatchTrap refuses" in by[("trap", "pytorch", 8)][5]
     trt = by[("digits", "tensorrt", 1)]
     assert trt[3] == "unsupported" and "tensorrt" in trt[5]
@@ -69,7 +70,7 @@ def test_sweep_streams_rows_into_duckdb_and_resume_reruns_only_the_rest(tmp_path
     con.close()
 
     counts = run_sweep(str(sweep), db=str(db), progress=False, resume=True)
-    assert counts["ok (resumed)"] == 6 and counts["failed"] == 2 and counts["ok"] == 0
+    assert counts["ok (resumed)"] == 7 and counts["failed"] == 1 and counts["ok"] == 0
     con = duckdb.connect(str(db), read_only=True)
     again = con.execute("SELECT model, backend, batch_size, status, started_at FROM results").fetchall()
     assert len(again) == 12 and con.execute("SELECT count(DISTINCT run_id) FROM results").fetchone()[0] == 1
