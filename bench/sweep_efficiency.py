@@ -111,7 +111,10 @@ def stage_seconds(row: dict) -> dict[str, float]:
     window = row.get("measure_s") or 0.0
     if row.get("stage_s"):
         out = {k: float(v) for k, v in json.loads(row["stage_s"]).items()}
-        out["measure"] = max(0.0, out.get("measure", 0.0) - window)
+        out["measure"] = max(0.0, out.get("measure", 0.0) - window)   # first call, warm-up, probes
+        if "process" in out:   # the measuring process's life: what its own stages do not account for
+            inside = sum(out.get(k, 0.0) for k in ("spawn", "build", "evaluate")) + out["measure"] + window
+            out["measuring process: exit and hand-back"] = max(0.0, out.pop("process") - inside)
         return out
     export, build = row.get("export_s") or 0.0, row.get("build_s") or 0.0
     return {"export": export, "build": build,
