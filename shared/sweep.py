@@ -193,7 +193,7 @@ class MeasureSpec(_Strict):
     repeat_mode: Literal["same", "process"] = "same"
     # validity thresholds: a row breaking any of them is stored with valid = false and the reason
     p99_min_samples: int = Field(default=100, ge=0, le=10_000_000)
-    max_cv_pct: float = Field(default=10.0, gt=0, le=1000)
+    max_cv_pct: float = Field(default=15.0, gt=0, le=1000)
     max_other_cpu_cores: float = Field(default=0.25, ge=0, le=4096)
     max_steal_pct: float = Field(default=5.0, ge=0, le=100)
     # throughput scenario: concurrent requests in flight (default: the node's physical cores)
