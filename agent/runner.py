@@ -145,6 +145,7 @@ class _Job:
 def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, stage) -> None:
     """Prepare (from the node's cache where it can), then measure: in a fresh lean process for a backend
     whose artifact is files (agent/measureproc.py), here for the others (PyTorch eager, TensorRT)."""
+    clock = time.perf_counter()
     backend = _backend_for(job)
     threads = job.measure.threads or default_threads()
     streams: Optional[int] = None
@@ -157,6 +158,7 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
         if backend.needs_model:
             _import_libraries()
         baseline_mb = measure.rss_mb()
+    st.times["start"] = time.perf_counter() - clock   # the backend's probe and imports
     clock = time.perf_counter()
     with stage(Stage.LOAD):
         data, ref = _load(st, weights, out)
@@ -180,6 +182,7 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
         out.add(record)
     out.notes.extend(run.notes)
     st.times.update(run.stage_s)
+    clock = time.perf_counter()
     timed_windows, notes = timed(run.windows, job)
     out.add(timed_windows, notes)
     source = None
@@ -188,6 +191,7 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
             source = _quality(st, data, ref, run.pred, cached_pred, out)
     built = next(r for r in run.records if isinstance(r, Built))
     out.add(*_efficiency(job, ref.gflops if ref else None, timed_windows.throughput_ips, built.dtype, threads))
+    st.times["score"] = time.perf_counter() - clock   # figures, verdict, quality and efficiency from the run
     out.add(Provenance(prepare.describe_reuse(st.reuse) or None, source,
                        json.dumps({k: round(v, 4) for k, v in st.times.items()}, sort_keys=True)))
 
