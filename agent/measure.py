@@ -9,7 +9,7 @@ import resource
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -133,22 +133,27 @@ def timed_window(fn: Callable[[], object], spec: MeasureSpec,
                            energy_reason=meter.reason if meter is not None else None)
 
 
-def concurrent_loop(fn: Callable[[], object], spec: MeasureSpec, streams: int) -> tuple[list[float], float]:
-    """`streams` threads call `fn` back to back until, together, min_iters calls and min_duration_s
-    are reached (capped by max_duration_s). Returns every call's latency under load (seconds, in
-    order of completion) and the wall time: the throughput scenario's window."""
+def concurrent_loop(fn: Callable[[], object] | Sequence[Callable[[], object]], spec: MeasureSpec,
+                    streams: int) -> tuple[list[float], float]:
+    """`streams` threads call `fn` (or stream i calls `fn[i]`: one engine context per thread) back to back
+    until, together, min_iters calls and min_duration_s are reached (capped by max_duration_s). Returns
+    every call's latency under load (seconds, in order of completion) and the wall time: the throughput
+    scenario's window."""
+    fns = [fn] * streams if callable(fn) else list(fn)
+    if len(fns) != streams:
+        raise ValueError(f"{len(fns)} callables for {streams} streams")
     samples: list[float] = []
     lock = threading.Lock()
     stop = threading.Event()
     go = threading.Barrier(streams + 1)
     errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(call: Callable[[], object]) -> None:
         go.wait()
         try:
             while not stop.is_set():
                 t0 = time.perf_counter()
-                fn()
+                call()
                 t1 = time.perf_counter()
                 with lock:
                     samples.append(t1 - t0)
@@ -156,7 +161,7 @@ def concurrent_loop(fn: Callable[[], object], spec: MeasureSpec, streams: int) -
             errors.append(e)
             stop.set()
 
-    threads = [threading.Thread(target=worker, name=f"stream-{i}", daemon=True) for i in range(streams)]
+    threads = [threading.Thread(target=worker, args=(f,), name=f"stream-{i}", daemon=True) for i, f in enumerate(fns)]
     for t in threads:
         t.start()
     go.wait()
@@ -172,16 +177,28 @@ def concurrent_loop(fn: Callable[[], object], spec: MeasureSpec, streams: int) -
     return samples, time.perf_counter() - start
 
 
-def throughput_window(fn: Callable[[], object], spec: MeasureSpec, streams: int) -> validity.Window:
-    """Warm every stream up, then one concurrent window with the machine's CPU state read around it."""
-    concurrent_loop(fn, spec.model_copy(update={"min_iters": max(streams, spec.warmup_iters), "min_duration_s": 0}),
-                    streams)
-    before, started = validity.read_cpu(), time.time()
-    samples, wall = concurrent_loop(fn, spec, streams)
-    after, ended = validity.read_cpu(), time.time()
+# A throughput driver's loop: given the window's rules, keep the engine busy until they are met and return
+# every request's latency under load (seconds) and the window's wall time.
+Loop = Callable[[MeasureSpec], tuple[list[float], float]]
+
+
+def driven_window(loop: Loop, spec: MeasureSpec, warmup_calls: int) -> validity.Window:
+    """Warm up through the driver itself (`warmup_calls` requests), then one timed window of it with the
+    machine's CPU state read around it; RSS samplers sleep through the window."""
+    loop(spec.model_copy(update={"min_iters": max(1, warmup_calls), "min_duration_s": 0}))
+    with samplers_asleep():
+        before, started = validity.read_cpu(), time.time()
+        samples, wall = loop(spec)
+        after, ended = validity.read_cpu(), time.time()
     cpu = validity.interference(before, after) if before and after else None
     return validity.Window(samples_s=samples, duration_s=wall, cpu=cpu, started=started, ended=ended,
                            pid=os.getpid(), energy_reason="energy: not read in the throughput scenario")
+
+
+def throughput_window(fn: Callable[[], object] | Sequence[Callable[[], object]], spec: MeasureSpec,
+                      streams: int) -> validity.Window:
+    """The generic throughput driver: `streams` threads calling the engine concurrently (concurrent_loop)."""
+    return driven_window(lambda s: concurrent_loop(fn, s, streams), spec, max(streams, spec.warmup_iters))
 
 
 def measure_windows(fn: Callable[[], object], spec: MeasureSpec, windows: int,

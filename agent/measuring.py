@@ -23,10 +23,6 @@ from fleetbench.agent.stages import Built, Measured, Memory, Timed
 from fleetbench.shared.job import Job
 from fleetbench.shared.vocab import BackendName, Stage
 
-# backends whose engines take concurrent calls from several threads (ONNX Runtime sessions and
-# PyTorch modules are thread-safe for inference); OpenVINO and TensorRT need their own async APIs
-THROUGHPUT_BACKENDS = (BackendName.ONNXRUNTIME, BackendName.PYTORCH, BackendName.TORCHSCRIPT)
-
 
 @dataclass
 class EngineRun:
@@ -40,12 +36,10 @@ class EngineRun:
     modules: list[str] = field(default_factory=list)   # heavy modules the measuring process had loaded
 
 
-def throughput_reason(job: Job) -> Optional[str]:
-    """Why the throughput scenario cannot drive this job's engine (None: it can)."""
-    if job.scenario != "throughput" or (job.backend in THROUGHPUT_BACKENDS and job.device == "cpu"):
-        return None
-    return (f"{job.backend}:{job.device}: the throughput scenario drives "
-            f"{', '.join(THROUGHPUT_BACKENDS)} on cpu (concurrent calls); not this engine yet")
+def throughput_reason(job: Job, backend: Backend) -> Optional[str]:
+    """Why the throughput scenario cannot drive this job's engine (None: it can); Backend.throughput_driver
+    says how (and whether) each backend's engine is kept busy."""
+    return backend.check_throughput(job) if job.scenario == "throughput" else None
 
 
 def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, streams: Optional[int],
@@ -69,7 +63,7 @@ def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, str
                 windows_fn = functools.partial(_throughput_windows, engine, example, job, streams or threads)
             elif job.measure.repeat_mode == "process":
                 windows_fn = functools.partial(fresh_process_windows, artifact, job, threads, example)
-            measured, out.windows, notes = _measure(engine, example, job, windows_fn, streams)
+            measured, out.windows, notes = _measure(engine, example, job, windows_fn, engine.streams or streams)
             out.records.append(measured)
             out.notes.extend(notes)
             out.stage_s["measure"] = time.perf_counter() - t
@@ -100,6 +94,8 @@ def _measure(engine: Engine, example: np.ndarray, job: Job, windows_fn: Optional
 
 
 def _throughput_windows(engine, example: np.ndarray, job: Job, streams: int) -> list:
+    if engine.throughput is not None:   # the engine's own driver: async infer requests, execution contexts
+        return [engine.throughput(example, job.measure) for _ in range(job.measure.repeats)]
     return [measure.throughput_window(lambda: engine.run(example), job.measure, streams)
             for _ in range(job.measure.repeats)]
 

@@ -121,7 +121,7 @@ def _backend_for(job: Job) -> Backend:
         raise Unsupported(f"{job.backend}: no device {job.device!r} on this node "
                           f"(has: {', '.join(avail.devices) or 'none'})")
     reason = backend.check(job) or compress.check(job, backend)
-    reason = reason or throughput_reason(job)
+    reason = reason or throughput_reason(job, backend)
     if reason:
         raise Unsupported(reason)
     return backend
@@ -149,7 +149,7 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     backend = _backend_for(job)
     threads = job.measure.threads or default_threads()
     streams: Optional[int] = None
-    if job.scenario == "throughput":   # each of the streams gets its share of the threads
+    if job.scenario == "throughput" and backend.throughput_driver == "calls":   # each stream its share of the threads
         streams = job.measure.streams or threads
         threads = max(1, threads // streams)
     st = _Job(job, backend, threads, streams, workdir, stage)

@@ -4,13 +4,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from fleetbench.shared.errors import Unsupported
 from fleetbench.shared.job import Job
 from fleetbench.shared.vocab import Dtype, HwKind, methods_at
+
+if TYPE_CHECKING:
+    from fleetbench.agent.validity import Window
+    from fleetbench.shared.sweep import MeasureSpec
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,12 @@ class Engine:
     notes: Callable[[], list[str]] = lambda: []             # engine-specific notes for the row (placement, VRAM)
     # GPU engines: given a host batch, a no-argument call that runs on inputs already on the device.
     prepare_device_run: Optional[Callable[[np.ndarray], Callable[[], object]]] = None
+    # Throughput scenario, engines that drive themselves (Backend.throughput_driver "engine"): one timed window
+    # (warm-up included) keeping `streams` requests in flight on this batch, the way the runtime is meant to
+    # be driven (OpenVINO async infer requests, TensorRT execution contexts on their own CUDA streams).
+    # None: the generic driver, concurrent `run` calls from threads (measure.throughput_window).
+    throughput: Optional[Callable[[np.ndarray, "MeasureSpec"], "Window"]] = None
+    streams: Optional[int] = None   # requests/contexts the engine's own throughput driver keeps in flight
 
 
 class Backend(ABC):
@@ -110,6 +120,10 @@ class Backend(ABC):
     precisions: ClassVar[Mapping[str, Union[str, "Unsupported"]]]
     needs_model: ClassVar[bool] = True
     cacheable: ClassVar[bool] = True
+    # How the throughput scenario keeps this backend's engine busy: "calls", concurrent `run` calls from
+    # `streams` threads on CPU, each engine built with its share of the threads; "engine", the engine's own
+    # driver (`Engine.throughput`) with all threads; None, not driven (an `unsupported` row).
+    throughput_driver: ClassVar[Optional[Literal["calls", "engine"]]] = None
     takes_onnx: ClassVar[bool] = False
 
     def shares_batch(self, job: Job) -> bool:
@@ -137,6 +151,13 @@ class Backend(ABC):
         """Reason this backend cannot apply the job's precision method on its device, or None."""
         declared = self.precisions.get(job.compression.method)
         return str(declared) if isinstance(declared, Unsupported) else None
+
+    def check_throughput(self, job: Job) -> Optional[str]:
+        """Reason this backend's engine cannot be driven in the throughput scenario on the job's device, or None."""
+        if self.throughput_driver == "engine" or (self.throughput_driver == "calls" and job.device == "cpu"):
+            return None
+        how = "concurrent calls on cpu only" if self.throughput_driver == "calls" else "no throughput driver"
+        return f"{self.name}:{job.device}: the throughput scenario cannot drive this engine ({how})"
 
     def hw_kind(self, device: str, node_kinds: Sequence[str]) -> str:
         """The hardware kind a row on `device` is filed under: an NVIDIA device is `nvidia`; a CPU row

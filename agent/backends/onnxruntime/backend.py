@@ -23,6 +23,7 @@ HW_KINDS = {"cuda": HwKind.NVIDIA, "tensorrt-ep": HwKind.NVIDIA}
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    throughput_driver = "calls"   # a session takes concurrent run() calls: one per stream, threads shared out
     precisions = {
         "fp16": "fp16",
         "bf16": Unsupported("onnxruntime: bf16 has no ONNX variant (the ONNX Conv operator does not take "

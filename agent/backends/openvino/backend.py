@@ -19,6 +19,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     # fp16 and bf16 also need the device to list them in OPTIMIZATION_CAPABILITIES (check_compression)
     precisions = {"fp16": "fp16", "bf16": "bf16", "int8-dynamic": Unsupported(INT8_DYNAMIC), "int8-static": "int8"}
+    throughput_driver = "engine"   # async infer requests with the THROUGHPUT hint (openvino/throughput.py)
     takes_onnx = True
 
     def shares_batch(self, job: Job) -> bool:
@@ -59,11 +60,12 @@ class OpenVinoBackend(Backend):
 
     def load(self, artifact: Artifact, job: Job, threads: int) -> Engine:
         import openvino as ov
+
+        from fleetbench.agent.backends.openvino.throughput import AsyncDriver, hint_config
         core = ov.Core()
         device = job.device.upper()
         supported = _supported_properties(core, device)
-        config = {k: v for k, v in {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                                    "INFERENCE_PRECISION_HINT": _hint(artifact.dtype)}.items()
+        config = {k: v for k, v in {**hint_config(job), "INFERENCE_PRECISION_HINT": _hint(artifact.dtype)}.items()
                   if supported is None or k in supported}   # an NPU plugin may not take every property
         if device == "CPU":
             config["INFERENCE_NUM_THREADS"] = str(threads)
@@ -82,8 +84,15 @@ class OpenVinoBackend(Backend):
             request.infer()
             return request.get_output_tensor(0).data.copy()
 
+        driver = None
+        if job.scenario == "throughput":
+            requests = job.measure.streams or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            driver = AsyncDriver(ov, compiled, requests)
+        notes = [driver.note(pinned=bool(job.measure.streams))] if driver is not None else []
         return Engine(run=run, dtype=artifact.compute_dtype or real, threads=threads if device == "CPU" else None,
-                      provider=f"openvino:{device}")
+                      provider=f"openvino:{device}", notes=lambda: notes,
+                      throughput=driver.window if driver is not None else None,
+                      streams=len(driver.requests) if driver is not None else None)
 
 
 def _supported_properties(core, device: str):

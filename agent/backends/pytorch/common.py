@@ -23,6 +23,8 @@ def torch_precisions(name: str) -> dict[str, Union[str, Unsupported]]:
 class TorchBackend(Backend):
     """What the eager and TorchScript engines share: devices and the checks of a job."""
 
+    throughput_driver = "calls"   # modules take concurrent calls in inference mode: one per stream
+
     def check(self, job: Job) -> Optional[str]:
         if job.model.scheme == "onnx":
             return f"{self.name}: an onnx: model has no PyTorch module to run"
