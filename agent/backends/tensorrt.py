@@ -11,6 +11,7 @@ The builder's timing cache persists per GPU/TensorRT version, so a rebuild of a 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -34,6 +35,8 @@ from fleetbench.shared.vocab import HwKind
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install 'fleetbench[nvidia]'"
+# Throughput scenario without measure.streams: two execution contexts, so one's copies overlap the other's kernels
+DEFAULT_STREAMS = 2
 
 
 @dataclass
@@ -107,6 +110,7 @@ def cuda_device_names(n: int) -> tuple[str, ...]:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    throughput_driver = "engine"   # several execution contexts, each on its own CUDA stream (ContextPool)
     cacheable = False   # engines are cached by engine_cache_key (GPU, compute capability, TensorRT, driver)
     takes_onnx = True   # built from the node's shared ONNX export, at a static batch size
     # precision comes from the ONNX graph (onnxruntime.variants): fp16-converted, or ORT's Q/DQ int8
@@ -180,12 +184,15 @@ class TensorRTBackend(Backend):
             if engine is None:
                 raise RuntimeError("TensorRT could not deserialise the engine (built for another GPU/version?)")
             io = TrtIO(trt, engine, memory)
+            pool = ContextPool(trt, engine, io, self.memory, job) if job.scenario == "throughput" else None
         except BaseException:
             vram.close()
             raise
         alive = [runtime, engine]   # the runtime must outlive the engine, the engine its context
 
         def close() -> None:
+            if pool is not None:
+                pool.release()
             io.release()
             alive.clear()
             vram.close()
@@ -194,8 +201,10 @@ class TensorRTBackend(Backend):
         vram.sample()   # engine, context and I/O buffers allocated; fixes which figure `source` is
         return Engine(run=io.run, dtype=dtype, threads=None, provider=f"tensorrt-{trt.__version__}:{job.device}",
                       vram=vram.peak, vram_source=vram.source, close=close,
-                      notes=lambda: _notes(artifact, vram) + [f"dtype {dtype}: {how}"],
-                      prepare_device_run=io.prepare_device_run)   # device-resident timing: no host copies
+                      notes=lambda: _notes(artifact, vram) + [f"dtype {dtype}: {how}"] + ([pool.note] if pool else []),
+                      prepare_device_run=io.prepare_device_run,   # device-resident timing: no host copies
+                      throughput=pool.window if pool is not None else None,
+                      streams=len(pool.ios) if pool is not None else None)
 
 
 def _notes(artifact: Artifact, vram: ProcessVram) -> list[str]:
@@ -387,6 +396,33 @@ class TrtIO:
     def release(self) -> None:
         self.inputs, self.outputs, self.context = [], [], None
         self.memory.release()
+
+
+class ContextPool:
+    """The throughput scenario's driver: `measure.streams` (default DEFAULT_STREAMS) execution contexts of one
+    engine, each with its own I/O buffers on its own CUDA stream, each driven by a host thread that copies in,
+    enqueues, synchronises its stream and copies out: while one context waits on its stream, the others'
+    copies and kernels run. The engine's first context (the latency engine's) is one of them."""
+
+    def __init__(self, trt: Any, engine: Any, first: TrtIO, memory: Callable[[str], Any], job: Job):
+        self.ios = [first]
+        try:
+            for _ in range((job.measure.streams or DEFAULT_STREAMS) - 1):
+                self.ios.append(TrtIO(trt, engine, memory(job.device)))
+        except BaseException:
+            self.release()
+            raise
+        self.note = (f"tensorrt throughput: {len(self.ios)} execution contexts, each on its own CUDA stream with "
+                     f"its own I/O buffers, one host thread each (copy in, execute_async_v3, synchronize, copy out)")
+
+    def window(self, x: np.ndarray, spec: Any) -> Any:
+        from fleetbench.agent import measure
+        return measure.throughput_window([functools.partial(io.run, x) for io in self.ios], spec, len(self.ios))
+
+    def release(self) -> None:
+        for io in self.ios[1:]:   # the first belongs to the engine, released with it
+            io.release()
+        del self.ios[1:]
 
 
 class TorchCudaMemory:

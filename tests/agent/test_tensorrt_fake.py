@@ -22,7 +22,7 @@ QUICK = MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_
 def job(device="cuda", method="none", bs=8, **kw):
     return Job(sweep="t", model=kw.pop("model", SPEC), dataset=DatasetSpec(kind="synthetic", limit=16),
                compression=CompressionSpec.parse(method), backend="tensorrt", device=device, batch_size=bs,
-               measure=QUICK, **kw)
+               measure=kw.pop("measure", QUICK), **kw)
 
 
 @pytest.fixture
@@ -303,3 +303,51 @@ def test_load_fake_tensorrt_reads_back_layer_precisions(fakes, monkeypatch, tmp_
     assert engine.dtype == expect
     assert any(n.startswith(f"dtype {expect}: ") and how in n for n in engine.notes()), engine.notes()
     engine.close()
+
+
+# ---------------------------------------------------------------- throughput: several contexts and streams
+
+
+@pytest.mark.parametrize("streams, expect", [(None, trt_backend.DEFAULT_STREAMS), (3, 3)])
+def test_throughput_fake_tensorrt_drives_one_context_per_cuda_stream(fakes, tmp_path, streams, expect):
+    trt, _ = fakes
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(b"FAKEPLAN:8,3,32,32")
+    backend = trt_backend.TensorRTBackend()
+    memories: list[FakeDeviceMemory] = []
+    backend.memory = lambda device: memories.append(FakeDeviceMemory(trt)) or memories[-1]
+    spec = QUICK.model_copy(update={"streams": streams, "min_iters": 60, "warmup_iters": 2})
+    engine = backend.load(trt_backend.EngineArtifact([plan], dtype="fp32", gpu="NVIDIA H200"),
+                          job(bs=8, measure=spec, scenario="throughput"), threads=1)
+    assert engine.streams == expect == len(memories)
+    assert len({m.stream_handle for m in memories}) == expect                     # a CUDA stream per context
+    assert any(f"{expect} execution contexts, each on its own CUDA stream" in n for n in engine.notes())
+    x = np.random.default_rng(2).random((8, 3, 32, 32), dtype=np.float32)
+    window = engine.throughput(x, spec)
+    assert len(window.samples_s) >= 60 and window.duration_s > 0
+    used = {s for op, *s in trt._log if op == "execute" for s in s}
+    assert used == {m.stream_handle for m in memories}                            # every context ran
+    for m in memories:                                                            # each synchronised before its copy out
+        assert m.log.count("download") >= 1 and m.log.count("synchronize") == m.log.count("download")
+        np.testing.assert_allclose(m.download(m.by_ptr[max(m.by_ptr)]), fake_logits(x, 10), rtol=1e-6)
+    np.testing.assert_allclose(engine.run(x), fake_logits(x, 10), rtol=1e-6)     # the latency engine still runs
+    engine.close()
+    assert all(m.log[-1] == "release" for m in memories)
+
+
+def test_latency_fake_tensorrt_has_no_throughput_driver(fakes, tmp_path):
+    trt, _ = fakes
+    engine, memory = _load(tmp_path, trt)
+    assert engine.throughput is None and engine.streams is None and len(trt._memories) == 1
+    engine.close()
+
+
+def test_tensorrt_throughput_job_on_this_machine_real():
+    """On a node without an NVIDIA GPU a TensorRT throughput job is an `unsupported` row with the reason."""
+    from fleetbench.agent.gpu import nvidia_gpus
+    from fleetbench.agent.runner import run_job
+    if nvidia_gpus()[0] and trt_backend._installed():
+        pytest.skip("this node has an NVIDIA GPU and TensorRT: the fake tests above cover the driver's logic")
+    r = run_job(job(bs=8, scenario="throughput"))
+    assert r.status == "unsupported" and r.scenario == "throughput"
+    assert r.error.startswith("tensorrt: ") and ("no NVIDIA GPU" in r.error or "not installed" in r.error)
