@@ -111,3 +111,28 @@ def test_validate_ok_and_query_is_read_only(tmp_path):
     assert p.returncode != 0 and "read-only" in p.stderr
     p = coordinator("query", "SELECT 1", "--db", tmp_path / "none.duckdb")
     assert p.returncode != 0 and "no such results database" in p.stderr
+
+
+@pytest.mark.slow
+def test_sweep_with_a_throughput_scenario_drives_onnxruntime_and_openvino(tmp_path):
+    """scenarios: [latency, throughput] over ONNX Runtime (concurrent calls) and OpenVINO (async requests):
+    every row ok, throughput rows with the streams they kept in flight."""
+    from fleetbench.coordinator.run import run_sweep
+    sweep = write_sweep(tmp_path / "sweep.yaml", models=[
+        {"name": "digits", "source": "timm:test_resnet", "checkpoint": str(DEMO_CHECKPOINT), "num_classes": 10,
+         "input_size": [3, 32, 32]}], backends=["onnxruntime", "openvino"], batch_sizes=[4],
+        scenarios=["latency", "throughput"], measure={**MEASURE, "min_iters": 20, "threads": 2})
+    db = tmp_path / "r.duckdb"
+    counts = run_sweep(str(sweep), db=str(db), progress=False)
+    assert counts["ok"] == 4, counts
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT backend, scenario, status, streams, threads, throughput_ips, iterations, notes "
+                       "FROM results ORDER BY backend, scenario").fetchall()
+    con.close()
+    by = {(r[0], r[1]): r for r in rows}
+    assert by[("onnxruntime", "latency")][3] is None and by[("openvino", "latency")][3] is None
+    ort, ov = by[("onnxruntime", "throughput")], by[("openvino", "throughput")]
+    assert ort[2:5] == ("ok", 2, 1)                      # two concurrent calls, a thread each
+    assert ov[2] == "ok" and ov[3] >= 1 and ov[4] == 2   # the plugin's requests, every thread
+    assert "PERFORMANCE_HINT THROUGHPUT" in ov[7]
+    assert all(r[5] > 0 and r[6] >= 20 for r in (ort, ov))
