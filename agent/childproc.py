@@ -23,6 +23,21 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def normal_priority() -> str | None:
+    """Run at nice 0, as a runtime's own benchmark does: a Ray worker (and so its job's processes) starts at
+    nice 15 unless the node sets worker_niceness 0, and would then give way to every other process on the
+    node. Returns a note for the row when the niceness cannot be lowered (no CAP_SYS_NICE, RLIMIT_NICE)."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice <= 0:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+        return None
+    except OSError:
+        return (f"measured at nice {nice} (not allowed to lower it): other processes preempt the job; "
+                "start the node with RAY_worker_niceness=0 (deploy/start-node.sh does)")
+
+
 def finish(folder: Path, result: Any, status) -> None:
     """Write `result` to FOLDER/result.pkl (whole or not at all), close the stage pipe, and exit 0 without
     interpreter teardown: a runtime's atexit hook cannot turn a finished job into a crash."""

@@ -7,13 +7,14 @@ It dies with its parent (PR_SET_PDEATHSIG), so a cancelled task leaves no job ru
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
 import sys
 from pathlib import Path
 
-from fleetbench.agent.childproc import die_with_parent, finish
+from fleetbench.agent.childproc import die_with_parent, finish, normal_priority
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +26,10 @@ def main(argv: list[str]) -> int:
     job, weights = pickle.loads((folder / "job.pkl").read_bytes())
     status = os.fdopen(fd, "w", buffering=1)
     diagnostics: dict = {}
+    priority = normal_priority()   # before the measuring process starts: it inherits the niceness
     result = run_job(job, weights, on_stage=lambda name: status.write(name + "\n"), diagnostics=diagnostics)
+    if priority:
+        result = dataclasses.replace(result, notes="; ".join(filter(None, [result.notes, priority])))
     finish(folder, (result, diagnostics), status)
     return 0
 

@@ -335,6 +335,8 @@ fi
 RAY_BIN=${RAY_BIN:-ray}
 export FLEETBENCH_CACHE=${FLEETBENCH_CACHE:-${HOME:-/root}/.cache/fleetbench}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+# Ray starts its workers at nice 15: a timed job would then give way to every other process on the node
+export RAY_worker_niceness=${RAY_worker_niceness:-0}
 if ((local_fleet)); then
     # Ray's switch that lets several nodes of one cluster run on one machine (Linux has it on by
     # default; a shell that set it to 0 for a loopback-only single node would refuse a worker).
