@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -185,6 +186,60 @@ def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+@dataclass
+class Tally:
+    """The per-job overheads of every fleetbench run, over all batch sizes."""
+
+    overheads: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    totals: list[float] = field(default_factory=list)
+
+
+def one_batch_size(net: Net, model: str, bs: int, args: argparse.Namespace, threads: int, work: Path,
+                   tally: Tally) -> Optional[str]:
+    """Rounds of native, fleetbench, native at one batch size: prints the latency lines, returns the
+    throughput line. Per-round ratios (ORT: to its bare loop; OpenVINO: to benchmark_app) show the spread."""
+    onnx, xml = export(model, bs, work)
+    throughput = not args.no_throughput
+    fb: dict[str, list[float]] = {"onnxruntime": [], "openvino": []}
+    nat: dict[str, list[float]] = {"onnxruntime": [], "openvino": [], "app": [], "app_throughput": []}
+    fb_tput: list[tuple[float, int]] = []
+    loads: list[str] = []
+    for _ in range(args.rounds):   # native, fleetbench, native: drift on a shared machine hits all alike
+        before = natives(net, onnx, xml, bs, threads, args.seconds, throughput)
+        rows, total = fleetbench(net, onnx, bs, args.seconds, threads, work, "latency")
+        tally.gaps += gaps(rows)
+        tally.totals.append(total)
+        if throughput:   # benchmark_app's throughput hint takes every core: so does this sweep
+            rows += fleetbench(net, onnx, bs, args.seconds, cores(), work, "throughput")[0]
+        after = natives(net, onnx, xml, bs, threads, args.seconds, throughput)
+        loads.append(f"{os.getloadavg()[0]:.2f}")
+        for k in before:
+            nat[k].append((before[k] + after[k]) / 2)
+        for r in rows:
+            if r["scenario"] == "throughput":
+                fb_tput.append((r["throughput_ips"], r["streams"]))
+                continue
+            fb[r["backend"]].append(r["latency_p50_ms"])
+            tally.overheads.append(r["wall_s"] - r["measure_s"])
+            assert r["threads"] == threads, r
+    for kind in fb:
+        ref = nat["app"] if kind == "openvino" else nat[kind]
+        per_round = " ".join(f"{f / n:.3f}" for f, n in zip(fb[kind], ref))
+        f, n = statistics.median(fb[kind]), statistics.median(nat[kind])
+        extra = f" {'':>14} {'':>6}"
+        if kind == "openvino":
+            a = statistics.median(nat["app"])
+            extra = f" {a:>14.4f} {f / a:>6.3f}"
+        print(f"{bs:>3} {kind:<12} {f:>15.4f} {n:>9.4f} {f / n:>6.3f}{extra}   {per_round:<14} {' '.join(loads)}")
+    if not fb_tput:
+        return None
+    f, a = statistics.median(t for t, _ in fb_tput), statistics.median(nat["app_throughput"])
+    per_round = " ".join(f"{t / n:.3f}" for (t, _), n in zip(fb_tput, nat["app_throughput"]))
+    return (f"{bs:>3} {'openvino':<12} {f:>18.1f} {a:>30.1f} {f / a:>6.3f}   {per_round:<14} "
+            f"{','.join(str(s) for _, s in fb_tput)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(NETS), default="demo")
@@ -198,60 +253,24 @@ def main() -> int:
     args = ap.parse_args()
     net = NETS[args.model]
     threads = args.threads or (1 if net.small else cores())
-    throughput = not args.no_throughput
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     print(f"{args.model}, {threads} thread(s), {args.seconds:g} s windows, {args.rounds} round(s); "
           f"native runs before and after fleetbench's, averaged; {load_average()}")
     print(f"{'bs':>3} {'engine':<12} {'fleetbench p50':>15} {'bare p50':>9} {'ratio':>6} {'benchmark_app':>14} "
-          f"{'ratio':>6}   load (1 min) per round")
-    overheads, gap_list, totals, tput_lines = [], [], [], []
-    for bs in args.batch_sizes:
-        onnx, xml = export(args.model, bs, work)
-        fb: dict[str, list[float]] = {"onnxruntime": [], "openvino": []}
-        nat: dict[str, list[float]] = {"onnxruntime": [], "openvino": [], "app": [], "app_throughput": []}
-        fb_tput: list[tuple[float, int]] = []
-        loads: list[str] = []
-        for _ in range(args.rounds):   # native, fleetbench, native: drift on a shared machine hits all alike
-            before = natives(net, onnx, xml, bs, threads, args.seconds, throughput)
-            rows, total = fleetbench(net, onnx, bs, args.seconds, threads, work, "latency")
-            gap_list += gaps(rows)
-            if throughput:   # benchmark_app's throughput hint takes every core: so does this sweep
-                rows += fleetbench(net, onnx, bs, args.seconds, cores(), work, "throughput")[0]
-            after = natives(net, onnx, xml, bs, threads, args.seconds, throughput)
-            loads.append(f"{os.getloadavg()[0]:.2f}")
-            totals.append(total)
-            for k in before:
-                nat[k].append((before[k] + after[k]) / 2)
-            for r in rows:
-                if r["scenario"] == "throughput":
-                    if r["backend"] == "openvino":
-                        fb_tput.append((r["throughput_ips"], r["streams"]))
-                    continue
-                fb[r["backend"]].append(r["latency_p50_ms"])
-                overheads.append(r["wall_s"] - r["measure_s"])
-                assert r["threads"] == threads, r
-        for kind in fb:
-            f, n = statistics.median(fb[kind]), statistics.median(nat[kind])
-            extra = f" {'':>14} {'':>6}"
-            if kind == "openvino":
-                a = statistics.median(nat["app"])
-                extra = f" {a:>14.4f} {f / a:>6.3f}"
-            print(f"{bs:>3} {kind:<12} {f:>15.4f} {n:>9.4f} {f / n:>6.3f}{extra}   {' '.join(loads)}")
-        if throughput and fb_tput:
-            f, a = statistics.median(t for t, _ in fb_tput), statistics.median(nat["app_throughput"])
-            tput_lines.append(f"{bs:>3} {'openvino':<12} {f:>16.1f} {a:>25.1f} {f / a:>6.3f}   "
-                              f"{','.join(str(s) for _, s in fb_tput)}")
-    if tput_lines:
-        print(f"\n{'bs':>3} {'engine':<12} {'fleetbench items/s':>16} {'benchmark_app -hint throughput':>25} "
-              f"{'ratio':>6}   requests in flight")
-        print("\n".join(tput_lines))
+          f"{'ratio':>6}   {'per round':<14} load (1 min) per round")
+    tally = Tally()
+    tput = [line for bs in args.batch_sizes if (line := one_batch_size(net, args.model, bs, args, threads, work, tally))]
+    if tput:
+        print(f"\n{'bs':>3} {'engine':<12} {'fleetbench items/s':>18} {'benchmark_app -hint throughput':>30} "
+              f"{'ratio':>6}   {'per round':<14} requests in flight")
+        print("\n".join(tput))
     print(f"\n{load_average()} at the end")
-    print(f"per job (agent side): wall - measuring window = {statistics.mean(overheads):.2f} s mean "
-          f"(load model+data, reference, export, build, evaluate; n={len(overheads)})")
-    if gap_list:
-        print(f"between jobs on a node (coordinator + Ray fresh worker): {statistics.mean(gap_list):.2f} s mean, "
-              f"max {max(gap_list):.2f} s (n={len(gap_list)})")
-    print(f"whole `run_sweep` of 2 jobs incl. Ray start + fleet probe: {statistics.mean(totals):.1f} s mean")
+    print(f"per job (agent side): wall - measuring window = {statistics.mean(tally.overheads):.2f} s mean "
+          f"(load model+data, reference, export, build, evaluate; n={len(tally.overheads)})")
+    if tally.gaps:
+        print(f"between jobs on a node (coordinator + Ray fresh worker): {statistics.mean(tally.gaps):.2f} s mean, "
+              f"max {max(tally.gaps):.2f} s (n={len(tally.gaps)})")
+    print(f"whole `run_sweep` of 2 jobs incl. Ray start + fleet probe: {statistics.mean(tally.totals):.1f} s mean")
     return 0
 
 
