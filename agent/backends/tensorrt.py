@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,6 +407,7 @@ class ContextPool:
 
     def __init__(self, trt: Any, engine: Any, first: TrtIO, memory: Callable[[str], Any], job: Job):
         self.ios = [first]
+        self.index = device_index(job.device)
         try:
             for _ in range((job.measure.streams or DEFAULT_STREAMS) - 1):
                 self.ios.append(TrtIO(trt, engine, memory(job.device)))
@@ -417,7 +419,21 @@ class ContextPool:
 
     def window(self, x: np.ndarray, spec: Any) -> Any:
         from fleetbench.agent import measure
-        return measure.throughput_window([functools.partial(io.run, x) for io in self.ios], spec, len(self.ios))
+        return measure.throughput_window([self._on_device(functools.partial(io.run, x)) for io in self.ios], spec,
+                                         len(self.ios))
+
+    def _on_device(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        """`call`, run with the engine's GPU current in the calling thread (CUDA's current device is per
+        thread, and a context runs only on the device it was made on): set once, on the thread's first call."""
+        local = threading.local()
+
+        def run() -> Any:
+            if not getattr(local, "bound", False):
+                _select_cuda_device(self.index)
+                local.bound = True
+            return call()
+
+        return run
 
     def release(self) -> None:
         for io in self.ios[1:]:   # the first belongs to the engine, released with it

@@ -3,6 +3,7 @@ cache keys, probe reasons, checks, the build (profile, timing cache, strong typi
 and a synchronous run. Plus the real thing on this machine: a tensorrt job is `unsupported`, fast."""
 import os
 import sys
+from threading import current_thread
 from pathlib import Path
 
 import numpy as np
@@ -309,8 +310,10 @@ def test_load_fake_tensorrt_reads_back_layer_precisions(fakes, monkeypatch, tmp_
 
 
 @pytest.mark.parametrize("streams, expect", [(None, trt_backend.DEFAULT_STREAMS), (3, 3)])
-def test_throughput_fake_tensorrt_drives_one_context_per_cuda_stream(fakes, tmp_path, streams, expect):
+def test_throughput_fake_tensorrt_drives_one_context_per_cuda_stream(fakes, tmp_path, monkeypatch, streams, expect):
     trt, _ = fakes
+    bound: list[tuple[str, int]] = []   # (thread, device) each time a thread makes the engine's GPU current
+    monkeypatch.setattr(trt_backend, "_select_cuda_device", lambda index: bound.append((current_thread().name, index)))
     plan = tmp_path / "model.engine"
     plan.write_bytes(b"FAKEPLAN:8,3,32,32")
     backend = trt_backend.TensorRTBackend()
@@ -318,7 +321,7 @@ def test_throughput_fake_tensorrt_drives_one_context_per_cuda_stream(fakes, tmp_
     backend.memory = lambda device: memories.append(FakeDeviceMemory(trt)) or memories[-1]
     spec = QUICK.model_copy(update={"streams": streams, "min_iters": 60, "warmup_iters": 2})
     engine = backend.load(trt_backend.EngineArtifact([plan], dtype="fp32", gpu="NVIDIA H200"),
-                          job(bs=8, measure=spec, scenario="throughput"), threads=1)
+                          job(device="cuda:1", bs=8, measure=spec, scenario="throughput"), threads=1)
     assert engine.streams == expect == len(memories)
     assert len({m.stream_handle for m in memories}) == expect                     # a CUDA stream per context
     assert any(f"{expect} execution contexts, each on its own CUDA stream" in n for n in engine.notes())
@@ -326,6 +329,8 @@ def test_throughput_fake_tensorrt_drives_one_context_per_cuda_stream(fakes, tmp_
     window = engine.throughput(x, spec)
     assert len(window.samples_s) >= 60 and window.duration_s > 0
     used = {s for op, *s in trt._log if op == "execute" for s in s}
+    streams_bound = [b for b in bound if b[0].startswith("stream-")]
+    assert set(streams_bound) == {(f"stream-{i}", 1) for i in range(expect)}      # each stream thread: cuda:1 current
     assert used == {m.stream_handle for m in memories}                            # every context ran
     for m in memories:                                                            # each synchronised before its copy out
         assert m.log.count("download") >= 1 and m.log.count("synchronize") == m.log.count("download")
