@@ -3,8 +3,8 @@ cache keys, probe reasons, checks, the build (profile, timing cache, strong typi
 and a synchronous run. Plus the real thing on this machine: a tensorrt job is `unsupported`, fast."""
 import os
 import sys
-from threading import current_thread
 from pathlib import Path
+from threading import current_thread
 
 import numpy as np
 import pytest
