@@ -58,7 +58,7 @@ class ExportContext:
 class Artifact:
     """The files a backend exported, and what its engine will compute in.
 
-    Only `files`, `dtype`, `compute_dtype` and `notes` are kept by the engine cache (agent/cache.py);
+    Only `files`, `dtype`, `compute_dtype` and `notes` are kept in the node cache (agent/prepare.py);
     a backend whose artifact needs more (a live module, a TensorRT build record) is not cacheable and
     subclasses this with typed fields of its own.
     """
