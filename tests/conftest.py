@@ -32,3 +32,10 @@ def demo_model_spec():
 def quick_measure():
     from fleetbench.shared.sweep import MeasureSpec
     return MeasureSpec(warmup_iters=1, min_iters=3, min_duration_s=0, max_duration_s=10)
+
+
+def cached_artifact(job, backend):
+    """The node cache's artifact of `job` for `backend` (agent/prepare.py stored_artifact), or None."""
+    from fleetbench.agent import prepare
+    got = prepare.stored_artifact(job, backend)
+    return None if got is None else got[0]

@@ -15,12 +15,7 @@ from fleetbench.agent.models import materialise_weights, weights_cache_dir
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec
-
-
-def lookup(job, backend):
-    """The cached artifact of `job` (agent/prepare.py stored_artifact), or None."""
-    got = prepare.stored_artifact(job, backend)
-    return None if got is None else got[0]
+from tests.conftest import cached_artifact as lookup
 
 
 @pytest.fixture
