@@ -18,12 +18,13 @@ import pickle
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from fleetbench.shared.errors import STAGES
 from fleetbench.shared.job import Job, Result
@@ -71,28 +72,27 @@ def _follow(read_fd: int, job: Job, watch: _Watch) -> Iterator[str]:
 def supervise(job: Job, weights: Optional[bytes]) -> Iterator[tuple[str, Any]]:
     folder = Path(tempfile.mkdtemp(prefix="fleetbench-job-"))
     read_fd = -1
-    proc = None
+    proc: Optional[_Process] = None
     try:
         (folder / "job.pkl").write_bytes(pickle.dumps((job, weights)))
         read_fd, write_fd = os.pipe()
-        with open(folder / "output.log", "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fleetbench.agent.jobproc", str(folder), str(write_fd), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                start_new_session=True)
-        os.close(write_fd)
+        try:
+            with open(folder / "output.log", "wb") as out:
+                proc = _start(job, folder, out.fileno(), write_fd)
+        finally:
+            os.close(write_fd)
         watch = _Watch()
         for name in _follow(read_fd, job, watch):
             yield ("stage", name)
         stage, timed_out = watch.stage, watch.timed_out
         if timed_out:
-            _kill_tree(proc)
+            proc.kill()
             why = (f"timed out after {job.timeout_s:g} s in stage {stage}" if stage else
                    f"the job's process did not start within {job.timeout_s + STARTUP_S:g} s")
             yield ("log", {"output": tail(folder / "output.log"), "traceback": None, "reason": why})
             yield ("result", Result.for_job(job, status="failed", stage=stage, error=why))
             return
-        rc = _wait_then_kill_tree(proc)
+        rc = proc.wait()
         got = _read_result(folder / "result.pkl")
         if got is not None:
             result, diagnostics = got
@@ -101,7 +101,9 @@ def supervise(job: Job, weights: Optional[bytes]) -> Iterator[tuple[str, Any]]:
                                "reason": result.error})
             yield ("result", result)
             return
-        if rc < 0:
+        if rc is None:
+            how = "killed: its launcher died"
+        elif rc < 0:
             how = f"killed by {_signal_name(-rc)}"
         else:
             how = f"exited with code {rc} without a result"
@@ -109,12 +111,126 @@ def supervise(job: Job, weights: Optional[bytes]) -> Iterator[tuple[str, Any]]:
         yield ("log", {"output": tail(folder / "output.log"), "traceback": None, "reason": why})
         yield ("result", Result.for_job(job, status="failed", stage=stage or "load", error=why))
     finally:
-        if proc is not None and proc.poll() is None:
-            _kill_tree(proc)
+        if proc is not None and proc.running:
+            proc.kill()
         if read_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(read_fd)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Process:
+    """A job process in a session of its own: a fresh interpreter (subprocess), or forked by the launcher."""
+
+    def __init__(self, pid: int, reap: Callable[[Optional[float]], Optional[int]]):
+        self.pid, self._reap, self.running = pid, reap, True
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Its exit code (-N: killed by signal N; None: unknown, its launcher died) once it has exited
+        and what it left in its session was killed."""
+        rc = self._reap(timeout)
+        self.running = False
+        return rc
+
+    def kill(self) -> None:
+        """Kill the job process and everything in its session (runtimes' helper processes included)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
+            self.wait(timeout=30)
+
+
+def _start(job: Job, folder: Path, log_fd: int, status_fd: int) -> _Process:
+    """Fork the job process from this worker's launcher when the job's engine is timed in a measuring process
+    of its own (agent/jobproc.py says why that is safe); else (PyTorch eager, TensorRT: timed in the job
+    process, whose memory figures must be a fresh interpreter's) start a fresh interpreter."""
+    if _forkable(job.backend):
+        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
+            return _LAUNCHER.fork(folder, log_fd, status_fd)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetbench.agent.jobproc", str(folder), str(status_fd), str(os.getpid())],
+        stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(status_fd,),
+        start_new_session=True)
+
+    def reap(timeout: Optional[float]) -> int:
+        if timeout is None:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: its pid stays ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout)
+    return _Process(proc.pid, reap)
+
+
+def _forkable(backend: str) -> bool:
+    from fleetbench.agent.backends import backend_class
+    try:
+        return backend_class(backend).cacheable
+    except Exception:  # noqa: BLE001 - an unknown or broken backend: the fresh process reports it
+        return False
+
+
+class _Launcher:
+    """This worker's warm parent of job processes (`python -m fleetbench.agent.jobproc --launcher`), started
+    with the first job that uses it and kept for the next (it dies with this worker)."""
+
+    def __init__(self) -> None:
+        self.proc: Optional[subprocess.Popen] = None
+        self.sock: Optional[socket.socket] = None
+
+    def fork(self, folder: Path, log_fd: int, status_fd: int) -> _Process:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        assert self.sock is not None
+        try:
+            socket.send_fds(self.sock, [pickle.dumps((str(folder), os.getcwd(), dict(os.environ)))],
+                            [log_fd, status_fd])
+            pid = pickle.loads(self.sock.recv(4096))
+        except (OSError, EOFError, pickle.UnpicklingError):
+            self.close()
+            raise
+        return _Process(pid, self._exit_code)
+
+    def _exit_code(self, timeout: Optional[float]) -> Optional[int]:
+        assert self.sock is not None
+        self.sock.settimeout(timeout)
+        try:
+            msg = self.sock.recv(4096)
+        except socket.timeout:
+            raise TimeoutError("the job process did not exit") from None
+        except OSError:
+            msg = b""
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(None)
+        if not msg:   # the launcher died (and the job process with it)
+            self.close()
+            return None
+        return pickle.loads(msg)
+
+    def _start(self) -> None:
+        self.close()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleetbench.agent.jobproc", "--launcher", str(theirs.fileno()),
+                 str(os.getpid())], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        self.sock = mine
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+_LAUNCHER = _Launcher()
 
 
 def _signal_name(num: int) -> str:
@@ -122,23 +238,6 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
-
-
-def _wait_then_kill_tree(proc: subprocess.Popen) -> int:
-    """Wait for the job process, then kill what it left in its session; its return code."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: its pid stays ours
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait()
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """Kill the job process and everything in its session (runtimes' helper processes included)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
 
 
 def _read_result(path: Path) -> Optional[tuple[Result, dict]]:

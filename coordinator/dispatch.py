@@ -1,7 +1,9 @@
 """Dispatch jobs as Ray tasks and stream their rows back as each finishes.
 
-Each job is a streaming-generator task pinned to its node, in a fresh worker process
-(`max_calls=1`), holding the node's one benchmark slot. It yields ("stage", name) as each stage
+Each job is a streaming-generator task pinned to its node, holding the node's one benchmark slot; the
+worker only supervises (the job runs in a process of its own, agent/supervise.py), so a worker serves
+job after job (`max_calls=0`, also for GPU jobs, whose default would be one) and keeps its warm launcher
+of job processes. It yields ("stage", name) as each stage
 begins and ("result", Result) at the end, so when a worker dies the coordinator still knows the
 stage.
 
@@ -40,9 +42,9 @@ TIMEOUT_GRACE_S = 45.0   # the agent's own timeout comes first; this is for an a
 NODE_GONE = (NodeDiedError, TaskUnschedulableError)
 
 
-@ray.remote(max_calls=1, max_retries=0)
+@ray.remote(max_calls=0, max_retries=0)
 def agent_task(job: Job, weights: Optional[bytes]):
-    """Runs in a fresh worker on the job's node, the job in a child process it watches
+    """Runs in a worker on the job's node, the job in a child process it watches
     (agent/supervise.py): stage events, a log for a failed job, then the Result."""
     from fleetbench.agent.supervise import supervise
     yield from supervise(job, weights)
