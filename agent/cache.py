@@ -221,6 +221,7 @@ def put(kind: str, key: str, make: Callable[[Path], Optional[dict]]) -> Entry:
                     "sizes": [(tmp / r).stat().st_size for r in rels],
                     "sha256": [file_sha256(tmp / r) for r in rels], "info": info, "created": time.time()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        manifest = json.loads((tmp / MANIFEST).read_text())   # the info as a reader will see it (JSON types)
         entry = base / key
         if entry.exists() or entry.is_symlink():
             if isinstance(_check(key, entry), Entry):
@@ -232,7 +233,8 @@ def put(kind: str, key: str, make: Callable[[Path], Optional[dict]]) -> Entry:
         except OSError:      # another writer published first: keep theirs
             _remove(tmp)
             return _read_back(kind, key, hit=True)
-        return _read_back(kind, key, hit=False)
+        # ours, as just written and hashed (reading it back would hash every file again)
+        return Entry(key, entry, {r: entry / r for r in rels}, manifest["info"], hit=False)
     except BaseException:
         _remove(tmp)
         raise

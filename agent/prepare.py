@@ -302,6 +302,14 @@ def compressed(job: Job, weights: Optional[bytes], data: Data) -> CompressedMode
     return CompressedModel(module, list(entry.info.get("notes") or []), entry.info.get("sparsity"), entry.hit)
 
 
+def compressed_info(job: Job) -> Optional[dict]:
+    """Sparsity and notes of the node's compressed module of this job, when it is kept (None: not yet)."""
+    entry = cache.lookup("compressed", compressed_key(job)) if model_level(job) else None
+    if entry is None:
+        return None
+    return {"sparsity": entry.info.get("sparsity"), "compression_notes": list(entry.info.get("notes") or [])}
+
+
 def onnx_export(job: Job, model_fn, example: np.ndarray, dynamic: bool) -> tuple[Path, bool, bool]:
     """The fp32 ONNX of the compressed model: one with a dynamic batch axis shared by every batch size,
     or one at the example's batch size. `model_fn()` gives the compressed module (only on a miss).
@@ -331,8 +339,11 @@ def stored_artifact(job: Job, backend) -> Optional[tuple[Artifact, cache.Entry]]
     if not backend.cacheable:
         return None
     entry = cache.lookup(cache.ENGINES, artifact_key(job, backend))
-    if entry is None:
-        return None
+    artifact = _artifact_of(entry) if entry is not None else None
+    return None if artifact is None or entry is None else (artifact, entry)
+
+
+def _artifact_of(entry: cache.Entry) -> Optional[Artifact]:
     info = entry.info
     try:
         files = [entry.file(rel) for rel in info["files"]]
@@ -342,12 +353,23 @@ def stored_artifact(job: Job, backend) -> Optional[tuple[Artifact, cache.Entry]]
         return None
     if not files or not isinstance(dtype, (str, type(None))):
         return None
-    return Artifact(files=files, dtype=dtype or "fp32", notes=notes, compute_dtype=info.get("compute_dtype")), entry
+    return Artifact(files=files, dtype=dtype or "fp32", notes=notes, compute_dtype=info.get("compute_dtype"))
 
 
 def store_artifact(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[dict] = None) -> Optional[Path]:
-    """Keep the artifact's files for later jobs with the same key; returns the entry, or None when not
-    cached. `info` (JSON) is kept beside it (what the compress stage said)."""
+    """Keep the artifact's files for later jobs with the same key; returns the entry's folder, or None when
+    not cached. `info` (JSON) is kept beside it (what the compress stage said)."""
+    entry = _keep(job, backend, artifact, workdir, info)
+    return entry.path if entry is not None else None
+
+
+def keep_artifact(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[dict] = None) -> Artifact:
+    """store_artifact, returning the kept copy (the artifact itself where it is not kept)."""
+    entry = _keep(job, backend, artifact, workdir, info)
+    return (_artifact_of(entry) if entry is not None else None) or artifact
+
+
+def _keep(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[dict]) -> Optional[cache.Entry]:
     if not backend.cacheable:
         return None
     rels = _relative_names(artifact.files, Path(workdir))
@@ -364,7 +386,7 @@ def store_artifact(job: Job, backend, artifact: Artifact, workdir: Path, info: O
 
     try:
         cache.private_dir(cache.cache_root())
-        return cache.put(cache.ENGINES, artifact_key(job, backend), make).path
+        return cache.put(cache.ENGINES, artifact_key(job, backend), make)
     except OSError as e:
         log.warning("engine cache: cannot store %s: %s", job.describe(), e)
         return None

@@ -239,6 +239,7 @@ def _forward(stage) -> Callable[[str], None]:
 
 def _artifact(st: _Job, weights: Optional[bytes], data, example: np.ndarray, out: Outcome) -> Artifact:
     """The backend's artifact: from the node's cache, else compressed and exported now (and kept)."""
+    clock = time.perf_counter()
     stored = prepare.stored_artifact(st.job, st.backend)
     if stored is None:
         return _prepare_artifact(st, weights, data, example, out)
@@ -247,9 +248,16 @@ def _artifact(st: _Job, weights: Optional[bytes], data, example: np.ndarray, out
         out.add(Compressed(entry.info.get("sparsity")), entry.info.get("compression_notes") or [])
     with st.stage(Stage.EXPORT):
         st.reuse["artifact"] = True
-        out.add(Exported(0.0, True, sizes.size_bytes(artifact.files) / MB,
-                         sizes.compressed_bytes(artifact.files) / MB), artifact.notes)
+        kept = entry.info.get("size_bytes"), entry.info.get("compressed_bytes")   # measured when it was made
+        size = kept if all(isinstance(v, int) for v in kept) else _sizes(artifact)
+        out.add(Exported(0.0, True, size[0] / MB, size[1] / MB), artifact.notes)
+    st.times["export"] = time.perf_counter() - clock   # finding and checking the kept artifact
     return artifact
+
+
+def _sizes(artifact: Artifact) -> tuple[int, int]:
+    """Bytes of the artifact's files, and after zstd."""
+    return sizes.size_bytes(artifact.files), sizes.compressed_bytes(artifact.files)
 
 
 def _prepare_artifact(st: _Job, weights: Optional[bytes], data, example: np.ndarray, out: Outcome) -> Artifact:
@@ -268,7 +276,7 @@ def _prepare_artifact(st: _Job, weights: Optional[bytes], data, example: np.ndar
 
     clock = time.perf_counter()
     with st.stage(Stage.COMPRESS):
-        info = _compression_info(job, backend, model, box)
+        info = _compression_info(st, model, box)
     out.add(Compressed(info["sparsity"]), info["compression_notes"])
     st.times["compress"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -290,24 +298,29 @@ def _prepare_artifact(st: _Job, weights: Optional[bytes], data, example: np.ndar
         artifact = backend.export(ctx)
         export_s = time.perf_counter() - t
         cache_hit = artifact.cache_hit   # a backend with a cache of its own (TensorRT engines) says so itself
+        size = _sizes(artifact)
         if backend.cacheable:
             cache_hit = False
             if flags["dynamic"] == shared:   # a static export where a shared one was planned is not kept
-                if prepare.store_artifact(job, backend, artifact, st.workdir, info) is not None:
-                    artifact = (prepare.stored_artifact(job, backend) or (artifact,))[0]   # the kept copy
+                artifact = prepare.keep_artifact(job, backend, artifact, st.workdir,
+                                                 {**info, "size_bytes": size[0], "compressed_bytes": size[1]})
             st.reuse["artifact"] = False
-        out.add(Exported(export_s, cache_hit, sizes.size_bytes(artifact.files) / MB,
-                         sizes.compressed_bytes(artifact.files) / MB), artifact.notes)
+        out.add(Exported(export_s, cache_hit, size[0] / MB, size[1] / MB), artifact.notes)
     del ctx
     box.clear()
     st.times["export"] = time.perf_counter() - clock
     return artifact
 
 
-def _compression_info(job: Job, backend: Backend, model, box: dict) -> dict:
+def _compression_info(st: _Job, model, box: dict) -> dict:
     """Sparsity and notes of the job's model-level compression (made now or read from the node's cache)."""
+    job, backend = st.job, st.backend
     if not backend.needs_model or job.model.scheme == "onnx" or not prepare.model_level(job):
         return {"sparsity": None, "compression_notes": []}
+    kept = prepare.compressed_info(job)   # without loading the module, which only an export needs
+    if kept is not None:
+        st.reuse["compressed"] = True
+        return kept
     model()
     cm = box["cm"]
     return {"sparsity": cm.sparsity, "compression_notes": list(cm.notes)}
