@@ -33,8 +33,9 @@ def _plan_on_node(jobs: list[Job]) -> list[list[tuple[str, str, bool]]]:
     return out
 
 
-def dry_run(sweep_path: str, address: Optional[str] = None, out=sys.stdout) -> dict:
+def dry_run(sweep_path: str, address: Optional[str] = None, out=None) -> dict:
     """Print the plan per node: measurements, and preparations needed (distinct) and already cached."""
+    out = out or sys.stdout
     from fleetbench.coordinator.run import _payload, check_inputs
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))

@@ -142,7 +142,7 @@ def _payload(path: Path, where: str = "") -> bytes:
 
 
 def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
-              resume: bool = False, progress: bool = True, out=sys.stdout,
+              resume: bool = False, progress: bool = True, out=None,
               interleaved: bool = False) -> Optional[Counter]:
     """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write.
 
@@ -152,6 +152,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     `interleaved`: with `measure.repeats` N > 1, each node runs its jobs in N rounds (A B C A B C ...),
     one window per round, merged into one row per job (coordinator.interleave).
     """
+    out = out or sys.stdout   # looked up now: the stream of this call, not of import time
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
