@@ -5,6 +5,8 @@ In one invocation, with a private node cache (FLEETBENCH_CACHE under --out) on a
 1. the sweep below on a cold cache, then again as a new run on the warm cache; for each it prints
    - efficiency = sum of timed windows (`measure_s` of every ok row) / sweep wall time (the whole
      `run_sweep` call: cluster start, discovery, dispatch, rows stored);
+   - its ceiling: the timed windows over the measure stages (first call, the sweep's warm-up, the windows),
+     the efficiency a node would reach if nothing but measurement ever ran on it;
    - node seconds outside the timed windows per job, by stage: from the row's `stage_s` (seconds per
      stage, where the agent records it) or else from `export_s`, `build_s` and `wall_s`; `outside job`
      is the sweep wall time not inside any job's `wall_s` (worker start, dispatch, coordinator), per job;
@@ -132,15 +134,21 @@ def report(title: str, wall: float, rows: list[dict]) -> dict:
     n = max(1, len(rows))
     per_stage["outside job (process start, dispatch, coordinator)"] = max(0.0, wall - in_jobs)
     eff = windows / wall if wall else float("nan")
+    # the measure stage is the first call, the warm-up the sweep asks for and the windows: with nothing
+    # else on the node at all, efficiency could be no higher than this on this machine
+    staged = sum(json.loads(r["stage_s"]).get("measure", 0.0) for r in ok if r.get("stage_s"))
+    ceiling = windows / staged if staged else float("nan")
     print(f"\n{title}: {len(rows)} jobs ({len(ok)} ok), wall {wall:.1f} s, timed windows {windows:.1f} s, "
           f"efficiency {eff:.3f}")
+    print(f"  ceiling: timed windows / measure stages (first call, warm-up, windows: {staged:.1f} s) = "
+          f"{ceiling:.3f}, what efficiency would be with no other work on the node")
     for r in rows:
         if r["status"] != "ok":
             print(f"  {r['status']}: {r['compression']}/{r['backend']}/bs{r['batch_size']}: {r.get('error')}")
     print("  node seconds outside timed windows, per job:")
     for k, v in sorted(per_stage.items(), key=lambda kv: -kv[1]):
         print(f"    {k:<55} {v / n:8.2f}")
-    return {"wall_s": wall, "windows_s": windows, "efficiency": eff, "jobs": len(rows), "ok": len(ok),
+    return {"wall_s": wall, "windows_s": windows, "efficiency": eff, "ceiling": ceiling, "jobs": len(rows), "ok": len(ok),
             "per_job_s": {k: v / n for k, v in per_stage.items()}}
 
 
