@@ -31,6 +31,7 @@ from fleetbench.shared.job import Job, Result
 
 log = logging.getLogger(__name__)
 STARTUP_S = 20.0   # for the job process to start and reach its first stage, on top of the job's timeout
+LAUNCHER_READY_S = 300.0   # for the launcher's imports (torch, timm) on a slow or busy node
 OUTPUT_TAIL_LINES = 60
 OUTPUT_TAIL_BYTES = 16_000
 
@@ -134,8 +135,7 @@ class _Process:
 
     def kill(self) -> None:
         """Kill the job process and everything in its session (runtimes' helper processes included)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        _kill_session(self.pid)
         with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
             self.wait(timeout=30)
 
@@ -156,10 +156,14 @@ def _start(job: Job, folder: Path, log_fd: int, status_fd: int) -> _Process:
         if timeout is None:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: its pid stays ours
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_session(proc.pid)
         return proc.wait(timeout)
     return _Process(proc.pid, reap)
+
+
+def _kill_session(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _forkable(backend: str) -> bool:
@@ -185,18 +189,26 @@ class _Launcher:
         try:
             socket.send_fds(self.sock, [pickle.dumps((str(folder), os.getcwd(), dict(os.environ)))],
                             [log_fd, status_fd])
+            self.sock.settimeout(LAUNCHER_READY_S)   # its first answer waits for its imports
             pid = pickle.loads(self.sock.recv(4096))
+            self.sock.settimeout(None)
         except (OSError, EOFError, pickle.UnpicklingError):
-            self.close()
+            self.close()   # the caller starts a fresh interpreter instead
             raise
-        return _Process(pid, self._exit_code)
+        sock = self.sock
+        return _Process(pid, lambda timeout: self._exit_code(sock, pid, timeout))
 
-    def _exit_code(self, timeout: Optional[float]) -> Optional[int]:
-        assert self.sock is not None
-        self.sock.settimeout(timeout)
+    def _exit_code(self, sock: socket.socket, pid: int, timeout: Optional[float]) -> Optional[int]:
+        """The exit code the launcher reports for the job process it forked last (None: the launcher is gone,
+        and its job process with it; what that left in its session is killed here)."""
+        if sock is not self.sock:   # closed since
+            _kill_session(pid)
+            return None
+        sock.settimeout(timeout)
         try:
-            msg = self.sock.recv(4096)
-        except socket.timeout:
+            msg = sock.recv(4096)
+        except socket.timeout:   # its answer would come after the next request's: start anew
+            self.close()
             raise TimeoutError("the job process did not exit") from None
         except OSError:
             msg = b""
@@ -205,6 +217,7 @@ class _Launcher:
                 self.sock.settimeout(None)
         if not msg:   # the launcher died (and the job process with it)
             self.close()
+            _kill_session(pid)
             return None
         return pickle.loads(msg)
 

@@ -9,7 +9,7 @@ and prints:
 - coordinator CPU per job: CPU seconds of this process (driver threads included) over the dispatch
   phase, divided by the jobs (the goal is under 20 ms);
 - per job, wall time beyond the agent's own `wall_s`: the gap between consecutive jobs of a node
-  (a fresh worker process per job, `max_calls=1`, plus dispatch) and the delay from the agent's
+  (dispatch and the job process's start) and the delay from the agent's
   finish to the row being committed in DuckDB;
 - the coordinator's RSS, sampled every 100 ms, at 10/50/90/100 % of the rows stored and its peak
   (it must stay flat as rows grow: rows are streamed, never accumulated).
@@ -194,7 +194,7 @@ def report(args, n_jobs, counts, stored, samples, cpu_total, t_total, db, idle, 
           f"{1e3 * (busy_cpu - store_cpu) / n_jobs:.1f} ms")
     print(f"agent wall_s per job: median {1e3 * statistics.median(agent_wall):.0f} ms, "
           f"mean {1e3 * statistics.fmean(agent_wall):.0f} ms")
-    print(f"gap between consecutive jobs on a node (fresh worker start + dispatch): median "
+    print(f"gap between consecutive jobs on a node (dispatch + job process start): median "
           f"{1e3 * statistics.median(gaps):.0f} ms, p90 {1e3 * quantile(gaps, 0.9):.0f} ms")
     print(f"agent finished -> row committed: median {1e3 * statistics.median(store_delay):.1f} ms, "
           f"p90 {1e3 * quantile(store_delay, 0.9):.1f} ms, max {1e3 * max(store_delay):.1f} ms")

@@ -160,7 +160,7 @@ def fleetbench(net: Net, onnx: Path, bs: int, seconds: float, threads: int, work
 
 
 def gaps(rows: list[dict]) -> list[float]:
-    """Seconds between one job's end and the next one's start on the same node (dispatch + fresh worker)."""
+    """Seconds between one job's end and the next one's start on the same node (dispatch, the job process's start)."""
     ts = [(r["started_at"], r["finished_at"]) for r in rows]
     return [(b[0] - a[1]).total_seconds() for a, b in zip(ts, ts[1:]) if isinstance(a[1], datetime)]
 
@@ -268,7 +268,7 @@ def main() -> int:
     print(f"per job (agent side): wall - measuring window = {statistics.mean(tally.overheads):.2f} s mean "
           f"(load model+data, reference, export, build, evaluate; n={len(tally.overheads)})")
     if tally.gaps:
-        print(f"between jobs on a node (coordinator + Ray fresh worker): {statistics.mean(tally.gaps):.2f} s mean, "
+        print(f"between jobs on a node (coordinator, Ray, the job process's start): {statistics.mean(tally.gaps):.2f} s mean, "
               f"max {max(tally.gaps):.2f} s (n={len(tally.gaps)})")
     print(f"whole `run_sweep` of 2 jobs incl. Ray start + fleet probe: {statistics.mean(tally.totals):.1f} s mean")
     return 0

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def run(j: Job):
 def launcher():
     yield supervise._LAUNCHER
     supervise._LAUNCHER.close()
+
+
+def assert_gone(pid: int, what: str, wait_s: float = 30) -> None:
+    deadline = time.monotonic() + wait_s
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
 
 
 def seen() -> list[list[str]]:
@@ -89,10 +97,29 @@ def test_a_forked_job_over_its_timeout_dies_with_its_whole_session(launcher):
     row = run(job("spawns_and_hangs", timeout_s=8))
     assert (row.status, row.stage, row.error) == ("failed", "load", "timed out after 8 s in stage load")
     helper = int(pidfile.read_text())
-    deadline = time.monotonic() + 30
-    while psutil.pid_exists(helper) and psutil.Process(helper).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the job's helper process outlived its job"
+    assert_gone(helper, "the job's helper process outlived its job")
+
+
+def test_a_job_whose_launcher_dies_is_a_failed_row_and_the_next_job_gets_a_new_launcher(launcher):
+    pidfile = Path(os.environ["FLEETBENCH_CACHE"]) / "spawned-helper.pid"
+    pidfile.unlink(missing_ok=True)
+    got: list = []
+    worker = threading.Thread(target=lambda: got.append(run(job("spawns_and_hangs", limit=19))))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not pidfile.exists():   # the job is in its load stage
+        assert time.monotonic() < deadline and worker.is_alive()
         time.sleep(0.2)
+    dead = launcher.proc.pid
+    os.kill(dead, signal.SIGKILL)
+    worker.join(60)
+    (row,) = got
+    assert (row.status, row.stage, row.error) == ("failed", "load",
+                                                  "worker process died (killed: its launcher died) in stage load")
+    helper = int(pidfile.read_text())   # what the job left in its session died too
+    assert_gone(helper, "the job's helper process outlived its job")
+    assert run(job("writes_env")).status == "ok" and launcher.proc.pid != dead
+    seen()
 
 
 LAUNCH = """
@@ -112,7 +139,4 @@ def test_the_launcher_dies_with_its_parent():
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-    deadline = time.monotonic() + 30
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the launcher outlived its parent"
-        time.sleep(0.2)
+    assert_gone(pid, "the launcher outlived its parent")
