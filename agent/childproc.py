@@ -2,6 +2,7 @@
 with their parent, and handing their result back through a file before leaving without teardown."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -21,6 +22,20 @@ def die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:
         os._exit(1)
+
+
+def kill_session(pid: int) -> None:
+    """SIGKILL everything in the session (process group) that `pid` leads; nothing left is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def end_session(pid: int) -> None:
+    """Wait until the child `pid`, a session leader, has exited, then kill what it left in its session.
+    It is not reaped here, so its id cannot be reused by another group before the kill."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    kill_session(pid)
 
 
 def normal_priority() -> str | None:

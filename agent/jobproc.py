@@ -21,13 +21,12 @@ import importlib
 import logging
 import os
 import pickle
-import signal
 import socket
 import sys
 import traceback
 from pathlib import Path
 
-from fleetbench.agent.childproc import die_with_parent, finish, normal_priority
+from fleetbench.agent.childproc import die_with_parent, end_session, finish, normal_priority
 
 PRELOAD = ("fleetbench.agent.runner", "fleetbench.agent.peak", "fleetbench.shared.stats", "sklearn.metrics",
            "torch", "timm")
@@ -76,10 +75,7 @@ def launcher(sock_fd: int, parent: int) -> int:
         os.close(log_fd)
         os.close(status_fd)
         sock.send(pickle.dumps(pid))
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: its session id stays ours
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        end_session(pid)
         _, status = os.waitpid(pid, 0)
         sock.send(pickle.dumps(os.waitstatus_to_exitcode(status)))
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from fleetbench.agent.childproc import end_session, kill_session
 from fleetbench.shared.errors import STAGES
 from fleetbench.shared.job import Job, Result
 
@@ -135,7 +136,7 @@ class _Process:
 
     def kill(self) -> None:
         """Kill the job process and everything in its session (runtimes' helper processes included)."""
-        _kill_session(self.pid)
+        kill_session(self.pid)
         with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
             self.wait(timeout=30)
 
@@ -154,16 +155,9 @@ def _start(job: Job, folder: Path, log_fd: int, status_fd: int) -> _Process:
 
     def reap(timeout: Optional[float]) -> int:
         if timeout is None:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: its pid stays ours
-            _kill_session(proc.pid)
+            end_session(proc.pid)
         return proc.wait(timeout)
     return _Process(proc.pid, reap)
-
-
-def _kill_session(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def _forkable(backend: str) -> bool:
@@ -202,7 +196,7 @@ class _Launcher:
         """The exit code the launcher reports for the job process it forked last (None: the launcher is gone,
         and its job process with it; what that left in its session is killed here)."""
         if sock is not self.sock:   # closed since
-            _kill_session(pid)
+            kill_session(pid)
             return None
         sock.settimeout(timeout)
         try:
@@ -217,7 +211,7 @@ class _Launcher:
                 self.sock.settimeout(None)
         if not msg:   # the launcher died (and the job process with it)
             self.close()
-            _kill_session(pid)
+            kill_session(pid)
             return None
         return pickle.loads(msg)
 
