@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -32,8 +31,9 @@ def stage(name: str, on_stage: Optional[Callable[[str], None]] = None) -> Iterat
 
 
 def default_threads() -> int:
-    import psutil
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    """Physical cores in this process's affinity mask, capped by its cgroup CPU quota (agent/limits.py)."""
+    from fleetbench.agent.limits import default_threads as allowed
+    return allowed()
 
 
 @dataclass(frozen=True)
