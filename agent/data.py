@@ -160,7 +160,7 @@ def _load_imagefolder(spec: DatasetSpec, size: tuple[int, int, int],
         rest = rest[: spec.limit]
     mean_, std_ = _norm_stats(c, mean, std)
     return Dataset(
-        name=f"imagefolder:{Path(spec.path).name}",
+        name=f"imagefolder:{Path(spec.path or '').name}",   # scan_imagefolder refused a missing path
         eval_x=_read_images([f for f, _ in rest], size, mean_, std_),
         eval_y=np.array([y for _, y in rest], dtype=np.int64),
         calib_x=_read_images([f for f, _ in calib], size, mean_, std_),

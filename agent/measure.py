@@ -124,7 +124,7 @@ def timed_window(fn: Callable[[], object], spec: MeasureSpec,
         gpu.read()
         gpu_reasons = tuple(gpu.window_reasons())
     cpu = validity.interference(before, after) if before and after else None
-    if cpu is not None:
+    if cpu is not None and before and after:
         top = validity.top_others(procs_before, procs_after, after.wall - before.wall)
         cpu = dataclasses.replace(cpu, top=top)
     return validity.Window(samples_s=samples, duration_s=duration, cpu=cpu, gpu_reasons=gpu_reasons,

@@ -74,7 +74,7 @@ _COLUMNS = set(RESULT_COLUMNS + SIDE_FIELDS) - {"job_id", "sweep", "model", "com
 
 
 def run_job(job: Job, weights: Optional[bytes] = None, workdir: Optional[Path] = None,
-            on_stage: Optional[Callable[[str], None]] = None, diagnostics: Optional[dict] = None) -> Result:
+            on_stage: Optional[Callable[[str], object]] = None, diagnostics: Optional[dict] = None) -> Result:
     """Run one job and return its row; never raises for a job's own failure.
 
     `weights`: the checkpoint's bytes, shipped by the coordinator (cached here by content hash).
@@ -248,8 +248,8 @@ def _artifact(st: _Job, weights: Optional[bytes], data, example: np.ndarray, out
         out.add(Compressed(entry.info.get("sparsity")), entry.info.get("compression_notes") or [])
     with st.stage(Stage.EXPORT):
         st.reuse["artifact"] = True
-        kept = entry.info.get("size_bytes"), entry.info.get("compressed_bytes")   # measured when it was made
-        size = kept if all(isinstance(v, int) for v in kept) else _sizes(artifact)
+        made, packed = entry.info.get("size_bytes"), entry.info.get("compressed_bytes")   # measured when it was made
+        size = (made, packed) if isinstance(made, int) and isinstance(packed, int) else _sizes(artifact)
         out.add(Exported(0.0, True, size[0] / MB, size[1] / MB), artifact.notes)
     st.times["export"] = time.perf_counter() - clock   # finding and checking the kept artifact
     return artifact

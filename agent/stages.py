@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def stage(name: str, on_stage: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+def stage(name: str, on_stage: Optional[Callable[[str], object]] = None) -> Iterator[None]:
     """The one boundary per stage where foreign exceptions become our StageError."""
     if on_stage is not None:
         on_stage(name)

@@ -15,7 +15,7 @@ import ray
 
 from fleetbench.agent.cache import KINDS
 from fleetbench.coordinator import cluster
-from fleetbench.coordinator.plan import plan, resolve_local
+from fleetbench.coordinator.plan import dataset_folder, plan
 from fleetbench.shared.job import Job
 from fleetbench.shared.sweep import load_sweep
 
@@ -41,7 +41,7 @@ def dry_run(sweep_path: str, address: Optional[str] = None, out=None) -> dict:
     files = check_inputs(sweep, Path(sweep_path))
     hashes = {name: hashlib.sha256(_payload(path)).hexdigest() for name, path in files.items()}
     if sweep.dataset.kind == "imagefolder":
-        path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
+        path = str(dataset_folder(sweep.dataset, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     where = cluster.connect(address)
     try:

@@ -41,7 +41,7 @@ def merge(job: Job, parts: list[Result]) -> Result:
     p50s = [v for p in parts for v in (p.window_p50s_ms or [])]
     base.samples_ms, base.window_p50s_ms = samples.tolist(), p50s
     base.window_iters = [v for p in parts for v in (p.window_iters or [])]
-    base.latency_p50_ms, base.latency_p50_ci_low_ms, base.latency_p50_ci_high_ms = p50_with_ci(p50s, samples)
+    base.latency_p50_ms, base.latency_p50_ci_low_ms, base.latency_p50_ci_high_ms = p50_with_ci(p50s, base.samples_ms)
     base.latency_mean_ms = float(samples.mean())
     base.latency_p90_ms, base.latency_p99_ms = (float(v) for v in np.percentile(samples, [90, 99]))
     base.latency_std_ms = float(samples.std(ddof=1)) if samples.size > 1 else 0.0

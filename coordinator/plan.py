@@ -11,7 +11,7 @@ from typing import Optional
 
 from fleetbench.shared.errors import SweepError
 from fleetbench.shared.job import Job, NodeProfile, Result
-from fleetbench.shared.sweep import Sweep
+from fleetbench.shared.sweep import DatasetSpec, Sweep
 
 
 @dataclass
@@ -94,6 +94,13 @@ def checkpoint_path(model_checkpoint: Optional[str], source: str, sweep_dir: Pat
     if name is None:
         return None
     return resolve_local(name, sweep_dir)
+
+
+def dataset_folder(ds: DatasetSpec, sweep_dir: Path) -> Path:
+    """An imagefolder dataset's folder (the schema requires its path), resolved as `resolve_local` does."""
+    if not ds.path:
+        raise SweepError("dataset.path: imagefolder needs path:")
+    return resolve_local(ds.path, sweep_dir)
 
 
 def resolve_local(name: str, sweep_dir: Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from fleetbench.coordinator.formats import render
-from fleetbench.coordinator.plan import checkpoint_path, plan, resolve_local
+from fleetbench.coordinator.plan import checkpoint_path, dataset_folder, plan
 from fleetbench.coordinator.report import fleet_table
 from fleetbench.shared.errors import Interrupted, StoreError, SweepError
 from fleetbench.shared.job import Result
@@ -36,7 +36,7 @@ def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
         files[m.name] = path
     ds = sweep.dataset
     if ds.kind == "imagefolder":
-        folder = resolve_local(ds.path, sweep_path.parent)
+        folder = dataset_folder(ds, sweep_path.parent)
         if not folder.is_dir():
             raise SweepError(f"{sweep_path}: dataset.path: {ds.path}: no such directory")
         classes = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -157,7 +157,7 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
-        path = str(resolve_local(sweep.dataset.path, Path(sweep_path).parent))
+        path = str(dataset_folder(sweep.dataset, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     with interruptible() as signals:
         try:
@@ -309,9 +309,10 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
                 store.mark_invalid(run_id, collector.owner[job_id].job_id if collector and job_id in collector.owner
                                    else job_id, reason)
         if collector is not None:
-            result = collector.add(result)
-            if result is None:      # more rounds of this job to come
+            whole = collector.add(result)
+            if whole is None:      # more rounds of this job to come
                 return
+            result = whole
         store.put_result(result)
         bar.result(result)
 

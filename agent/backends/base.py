@@ -170,7 +170,7 @@ class Backend(ABC):
         return HwKind.INTEL if HwKind.INTEL in node_kinds else HwKind.CPU
 
 
-def validate(cls: type) -> type:
+def validate(cls: object) -> type[Backend]:
     """The registration check: a Backend subclass, no abstract method left, every capability declared."""
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise TypeError(f"{cls!r} is not a fleetbench Backend subclass")
