@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from fleetbench.shared.errors import FleetError, Interrupted, SweepError
+from fleetbench.shared.errors import FleetError, Interrupted, SweepError, printable
 
 log = logging.getLogger("coordinator")
 EXIT_OK = 0            # every row ok or unsupported
@@ -187,10 +187,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return globals()[f"_{args.cmd}"](args)
     except SweepError as e:
         for line in str(e).splitlines():
-            print(f"coordinator: {line}", file=sys.stderr)
+            print(f"coordinator: {printable(line)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FleetError as e:
-        print(f"coordinator: {e}", file=sys.stderr)
+        print(f"coordinator: {printable(str(e), keep_newlines=True)}", file=sys.stderr)
         return 1
     except BrokenPipeError:   # `coordinator schema | head`: the reader left; not an error of ours
         sys.stderr.close()
@@ -314,17 +314,18 @@ def _logs(args) -> int:
     from fleetbench.coordinator.store import read_logs
     run_id, logs = read_logs(args.db, args.run, args.job)
     if not logs:
-        print(f"run {run_id}: no logs stored" + (f" for job {args.job}" if args.job else
-                                                  " (no job failed, or the run predates logs)"))
+        print(printable(f"run {run_id}: no logs stored" + (f" for job {args.job}" if args.job else
+                                                            " (no job failed, or the run predates logs)")))
         return 0
-    for entry in logs:
-        print(f"== job {entry['job_id']}  {entry['model']}/{entry['compression']}/{entry['backend']}:"
-              f"{entry['device']}/bs{entry['batch_size']} on {entry['hostname']}  failed in {entry['stage']}")
-        print(f"reason: {entry['reason']}")
+    for entry in logs:   # stored text is shown, never obeyed: control characters (ESC, BEL) as escapes
+        print(printable(f"== job {entry['job_id']}  {entry['model']}/{entry['compression']}/{entry['backend']}:"
+                        f"{entry['device']}/bs{entry['batch_size']} on {entry['hostname']}  "
+                        f"failed in {entry['stage']}"))
+        print(printable(f"reason: {entry['reason']}"))
         if entry["traceback"]:
-            print("-- traceback\n" + entry["traceback"].rstrip())
+            print("-- traceback\n" + printable(entry["traceback"].rstrip(), keep_newlines=True))
         if entry["output"]:
-            print("-- last output lines\n" + entry["output"].rstrip())
+            print("-- last output lines\n" + printable(entry["output"].rstrip(), keep_newlines=True))
         print()
     return 0
 
@@ -366,8 +367,9 @@ def _best(args) -> int:
     hardware = {r["node"]: r.get("hardware") for r in run.rows}
     picks = best(run.rows, max_drop=args.max_f1_drop, max_size_mb=args.max_size_mb, by=args.by,
                  batch_size=args.batch_size)
-    print(f"run {run.run.run_id} of sweep {run.run.sweep}: quality drop <= {args.max_f1_drop:g}"
-          + (f", size <= {args.max_size_mb:g} MB" if args.max_size_mb is not None else "") + f", by {args.by}")
+    print(printable(f"run {run.run.run_id} of sweep {run.run.sweep}: quality drop <= {args.max_f1_drop:g}"
+                    + (f", size <= {args.max_size_mb:g} MB" if args.max_size_mb is not None else "")
+                    + f", by {args.by}"))
     print_table(table.BEST, [table.best_cells(p, hardware.get(p.node)) for p in picks])
     return 0 if any(p.row for p in picks) else 1
 

@@ -8,7 +8,10 @@ import io
 import json
 import logging
 import math
+import re
 from typing import Any, Callable, Sequence
+
+from fleetbench.shared.errors import printable
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,17 @@ def format_cell(value: Any, column: str = "") -> str:
     if isinstance(value, (list, dict, tuple)):
         return json.dumps(value, default=str)
     text = str(value)
-    return " ".join(text.split()) if any(ch in text for ch in "\r\n\t") else text
+    return printable(" ".join(text.split()) if any(ch in text for ch in "\r\n\t") else text)
+
+
+# What Markdown (CommonMark, GitHub's tables) would read as markup or HTML; `_` inside a word is plain.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|&~$#]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def md_text(text: str) -> str:
+    """`text` as literal Markdown inline text: one line (control characters as their escapes), and every
+    character that could start emphasis, a link, code, a heading mark, a table cell or an HTML tag escaped."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), printable(text))
 
 
 def _is_number(value: Any) -> bool:
@@ -79,6 +92,7 @@ def _numeric_columns(columns: list[str], rows: list[list[Any]]) -> list[bool]:
 # -- renderers ---------------------------------------------------------------------------------
 
 def _table(columns: list[str], rows: list[list[Any]]) -> str:
+    columns = [printable(c) for c in columns]
     cells = [[format_cell(v, c) for v, c in zip(r, columns)] for r in rows]
     numeric = _numeric_columns(columns, rows)
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
@@ -94,14 +108,11 @@ def _table(columns: list[str], rows: list[list[Any]]) -> str:
 
 
 def _markdown(columns: list[str], rows: list[list[Any]]) -> str:
-    def esc(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("|", "\\|")
-
     numeric = _numeric_columns(columns, rows)
-    out = ["| " + " | ".join(esc(c) for c in columns) + " |",
+    out = ["| " + " | ".join(md_text(c) for c in columns) + " |",
            "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
     for r in rows:
-        out.append("| " + " | ".join(esc(format_cell(v, c)) for v, c in zip(r, columns)) + " |")
+        out.append("| " + " | ".join(md_text(format_cell(v, c)) for v, c in zip(r, columns)) + " |")
     return "\n".join(out) + "\n"
 
 

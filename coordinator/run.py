@@ -16,7 +16,7 @@ from typing import Optional
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.plan import checkpoint_path, dataset_folder, plan
 from fleetbench.coordinator.report import fleet_table
-from fleetbench.shared.errors import Interrupted, StoreError, SweepError
+from fleetbench.shared.errors import Interrupted, StoreError, SweepError, printable
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep
 
@@ -267,16 +267,16 @@ class Progress:
         if self.lines:
             figure = f" p50 {r.latency_p50_ms:.3f} ms" if r.latency_p50_ms is not None else ""
             why = f" ({r.stage or ''}: {r.error or ''})"[:120] if r.status != "ok" else ""
-            print(f"[{self.done}/{self.total}] {node}: {what} {r.status}{figure}{why} | {self._tally()}",
+            print(printable(f"[{self.done}/{self.total}] {node}: {what} {r.status}{figure}{why} | {self._tally()}"),
                   file=self.stream, flush=True)
             return
         self.bar.update(1)
-        self.bar.set_postfix_str(f"{self._tally()} | last {node}: {what} {r.status}", refresh=False)
+        self.bar.set_postfix_str(printable(f"{self._tally()} | last {node}: {what} {r.status}"), refresh=False)
 
     def stage(self, job, name: str) -> None:
         if not self.lines:
-            self.bar.set_description_str(f"{job.node_key}: {job.backend}:{job.device} bs{job.batch_size} {name}",
-                                         refresh=True)
+            self.bar.set_description_str(printable(f"{job.node_key}: {job.backend}:{job.device} bs{job.batch_size} "
+                                                   f"{name}"), refresh=True)
 
     def close(self) -> None:
         self.bar.close()

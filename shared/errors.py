@@ -41,9 +41,25 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
-def printable(text: str) -> str:
-    """`text` with every character that would start a new line escaped (for one-line messages)."""
-    return "".join(c if len(f"a{c}a".splitlines()) == 1 else repr(c)[1:-1] for c in text)
+# Invisible characters that reorder the text around them on a screen (a name could show as another).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unsafe_char(c: str) -> bool:
+    """A character that is not plain text on a screen: a control character (C0, DEL, C1: newline, ESC, BEL,
+    NUL...), a line or paragraph separator, a bidirectional override, or a lone surrogate."""
+    import unicodedata
+    return c in _BIDI or unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """`text` with every character that is not plain text (see `unsafe_char`) written as its escape
+    (`\\x1b`, `\\n`, `\\u202e`): one line that a terminal shows as it is. With `keep_newlines`, newlines and
+    tabs stay (for multi-line text such as a traceback)."""
+    keep = "\n\t" if keep_newlines else ""
+    if text.isascii() and text.isprintable():    # the common case, fast
+        return text
+    return "".join(repr(c)[1:-1] if c not in keep and unsafe_char(c) else c for c in text)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fleetbench.shared.errors import SweepError, printable
+from fleetbench.shared.errors import SweepError, printable, unsafe_char
 from fleetbench.shared.vocab import BACKENDS as REGISTRY
 from fleetbench.shared.vocab import METHODS, BackendName, HwKind
 from fleetbench.shared.yamlread import show_path
@@ -42,12 +42,26 @@ def did_you_mean(value: Any, choices) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+def _plain(name: str) -> str:
+    """A name is plain text: it is shown in terminals, Markdown and HTML, and typed back (`--sweep NAME`)."""
+    if not name.strip():
+        raise ValueError("must not be blank")
+    bad = next((i for i, c in enumerate(name) if unsafe_char(c)), None)
+    if bad is not None:
+        raise ValueError(f"must be plain text: control character {name[bad]!r} at position {bad} "
+                         "(no newline, tab, escape, NUL or direction mark)")
+    return name
+
+
+Name = Annotated[str, Field(max_length=MAX_NAME, json_schema_extra={"minLength": 1}), AfterValidator(_plain)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name
     source: str = Field(description="timm:<name> | python:<module>:<callable> | onnx:<file>")
     checkpoint: Optional[str] = Field(default=None, min_length=1)
     pretrained: bool = False
@@ -219,6 +233,8 @@ def _target(t: str) -> str:
     if not sep or not rest or kind not in ("kind", "node"):
         raise ValueError(f"bad target {t!r}{did_you_mean(t, ('all',) + tuple('kind:' + k for k in HW_KINDS))} "
                          "(all | kind:<kind> | node:<hostname or id>)")
+    if any(unsafe_char(c) for c in rest):
+        raise ValueError(f"bad target {t!r}: a node name is plain text (no control characters)")
     if kind == "kind" and rest not in HW_KINDS:
         raise ValueError(f"unknown kind {rest!r}{did_you_mean(rest, HW_KINDS)} (valid: {', '.join(HW_KINDS)})")
     return t
@@ -231,7 +247,7 @@ def _device(d: str) -> str:
 
 
 class Sweep(_Strict):
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name
     models: list[ModelSpec] = Field(min_length=1)
     dataset: DatasetSpec = DatasetSpec()
     compression: list[CompressionSpec] = Field(default_factory=lambda: [CompressionSpec(method="none")],

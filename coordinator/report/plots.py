@@ -64,8 +64,14 @@ def _grid(plt, n: int, height: float = 3.6):
     return fig, list(axes.flat)
 
 
+def _t(text: str) -> str:
+    """Text from the data as matplotlib text: control characters as their escapes, `$` not mathtext."""
+    from fleetbench.shared.errors import printable
+    return printable(str(text)).replace("$", r"\$")
+
+
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['compression']}/{r['backend']}" + (f":{r['device']}" if r["device"] != "cpu" else "")
+    return _t(f"{r['compression']}/{r['backend']}" + (f":{r['device']}" if r["device"] != "cpu" else ""))
 
 
 def _nodes(rows: list[dict[str, Any]]) -> list[str]:
@@ -86,16 +92,16 @@ def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[
         for backend in sorted({r["backend"] for r in mine}):
             sel = [r for r in mine if r["backend"] == backend]
             ax.scatter([r["latency_p50_ms"] for r in sel], [r["quality"] for r in sel],
-                       marker=MARKERS.get(backend, "o"), s=36, label=backend, alpha=0.85)
+                       marker=MARKERS.get(backend, "o"), s=36, label=_t(backend), alpha=0.85)
         on = sorted((r for r in mine if r["job_id"] in front), key=lambda r: r["latency_p50_ms"])
         if on:
             ax.scatter([r["latency_p50_ms"] for r in on], [r["quality"] for r in on], s=150,
                        facecolors="none", edgecolors="crimson", linewidths=1.4, label="Pareto set")
             for r in on:
-                ax.annotate(r["compression"], (r["latency_p50_ms"], r["quality"]), fontsize=7,
+                ax.annotate(_t(r["compression"]), (r["latency_p50_ms"], r["quality"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
-        metric = "/".join(sorted({r["quality_metric"] for r in mine}))
-        ax.set(title=f"{node}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric)
+        metric = _t("/".join(sorted({r["quality_metric"] for r in mine})))
+        ax.set(title=f"{_t(node)}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric)
         _plain_log(ax, "x")
         ax.legend(fontsize=7, loc="lower right")   # "best" searches every point: slow with many rows
     return ("Latency vs quality per node (Pareto set ringed)", _svg(fig, "lat-q"))
@@ -112,7 +118,7 @@ def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     fig.subplots_adjust(left=0.07, right=0.98, top=0.92, bottom=0.12)
     for node in _nodes(pts):
         mine = [r for r in pts if r["node"] == node]
-        ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=node, alpha=0.8)
+        ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=_t(node), alpha=0.8)
     ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)",
            ylabel="p50 latency (ms, log scale)")
     _plain_log(ax, "y")
@@ -136,7 +142,7 @@ def speedup(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
         ax.barh([_label(r) for r in mine], [v - 1 for v in values], left=1,   # bars grow from ×1 either way
                 color=["seagreen" if v >= 1 else "indianred" for v in values])
         ax.axvline(1.0, color="black", lw=0.8)
-        ax.set(title=f"{node}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50, log scale)")
+        ax.set(title=f"{_t(node)}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50, log scale)")
         _plain_log(ax, "x")
         ax.tick_params(axis="y", labelsize=7)
     return ("Speed-up over eager fp32 per node", _svg(fig, "speedup"))
@@ -162,7 +168,7 @@ def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -
         ax.hlines(y, q[:, 1], q[:, 3], color="steelblue", lw=6, label="p25 – p75")
         ax.scatter(q[:, 2], y, marker="|", s=80, color="black", zorder=3, label="median")
         ax.set_yticks(y, [_label(r) for r in mine], fontsize=7)
-        ax.set(title=f"{node}: latency samples, batch {bs}", xlabel="latency (ms, log scale)")
+        ax.set(title=f"{_t(node)}: latency samples, batch {bs}", xlabel="latency (ms, log scale)")
         _plain_log(ax, "x")
         ax.legend(fontsize=7, loc="lower right")
     return ("Latency distribution of each row", _svg(fig, "dist"))

@@ -1,11 +1,18 @@
 """The report as one self-contained HTML file: inline CSS and SVG plots, no script, no network fetch."""
 from __future__ import annotations
 
-from html import escape
+from html import escape as _escape
 from typing import Sequence
 
 from fleetbench.coordinator.report.compose import Report
 from fleetbench.coordinator.report.render_md import NUMERIC
+from fleetbench.shared.errors import printable
+
+
+def escape(text: str) -> str:
+    """Text from the data as HTML text: markup escaped, control characters shown as their escapes."""
+    return _escape(printable(text))
+
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a;
