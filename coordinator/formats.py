@@ -132,9 +132,10 @@ def _csv_cell(value: Any) -> Any:
 
 def _csv(columns: list[str], rows: list[list[Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([_csv_cell(v) for v in r] for r in rows)
+    plain = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)   # a bare \r ends a line for readers
+    for row in [columns, *([_csv_cell(v) for v in r] for r in rows)]:
+        (quoted if any(isinstance(v, str) and "\r" in v for v in row) else plain).writerow(row)
     return buf.getvalue()
 
 

@@ -243,3 +243,11 @@ def test_renamed_in_place_database_renders_the_new_name(hostile, tmp_path, monke
     assert main(["report", "--db", str(db)]) == 0
     out = tty.getvalue()
     assert raw_controls(out) == set() and "\\u202egnp.exe\\x1b]8;;http://evil\\x07" in "".join(out.split())
+
+
+def test_csv_quotes_a_bare_carriage_return(hostile, capsys):
+    db, _, _ = hostile
+    assert main(["query", "SELECT 'a' || chr(13) || 'b' AS \"c\rd\", 1 AS n", "--db", str(db), "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert out == '"c\rd","n"\n"a\rb","1"\n'
+    assert list(csv.reader(io.StringIO(out, newline=""))) == [["c\rd", "n"], ["a\rb", "1"]]
