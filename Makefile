@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The demo model before and after compression; the check fails when no change column moved from ×1.00.
 demo: install
 	$(BIN)/coordinator run examples/sweep.yaml
+	$(BIN)/python scripts/demo_check.py
 
 # The HTML report is tested in Debian's headless chromium.
 browser:

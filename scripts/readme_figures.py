@@ -1,6 +1,7 @@
-"""Regenerate the README's measured tables, each labelled with the machine and the command that made it.
+"""Regenerate the measured tables of the README and docs/, each labelled with the machine and the command.
 
-Each figure is a sweep file and a query; the table replaces what sits between its markers in README.md:
+Each figure is a sweep file and a query (or, for the demo, the report `make demo` prints: recommendation and
+course table); the table replaces what sits between its markers in its page (README.md or docs/*.md):
 
     <!-- figure:NAME -->
     ...
@@ -19,6 +20,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,25 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 class Figure:
     name: str
     sweep: str
-    sql: str
+    sql: Optional[str]          # None: the report's recommendation and course tables, as `make demo` prints them
+    doc: str = "README.md"
 
-
-DEMO_SQL = """
-SELECT backend, batch_size AS bs, dtype, round(size_mb, 2) AS "size MB", round(size_compressed_mb, 2) AS "zstd MB",
-       round(latency_p50_ms, 3) AS "p50 ms", round(latency_p99_ms, 3) AS "p99 ms", round(throughput_ips) AS "items/s",
-       round(ram_peak_mb) AS "RAM MB", round(ram_delta_mb) AS "RAM +MB",
-       round(precision_macro, 4) || ' / ' || round(recall_macro, 4) || ' / ' || round(f1_macro, 4) AS "P / R / F1",
-       round(top1_agreement, 2) AS agree, round(wall_s - measure_s, 1) AS "overhead s"
-FROM results WHERE run_id = (SELECT max(run_id) FROM results)
-ORDER BY batch_size, latency_p50_ms
-"""
 
 FIGURES = [
-    Figure("demo", "examples/sweep.yaml", DEMO_SQL),
+    Figure("demo", "examples/sweep.yaml", None),
     Figure("tfl", "examples/tfl.yaml",
            "SELECT backend, batch_size AS bs, round(latency_p50_ms, 3) AS \"p50 ms\", round(f1_macro, 4) AS F1, "
            "round(top1_agreement, 2) AS agree FROM results WHERE run_id = (SELECT max(run_id) FROM results) "
-           "ORDER BY batch_size, latency_p50_ms"),
+           "ORDER BY batch_size, latency_p50_ms", "docs/engines.md"),
 ]
 
 
@@ -67,41 +60,52 @@ def markdown(names: list[str], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def report_tables(db: Path) -> str:
+    """The report `coordinator run` prints, as Markdown: the recommendation, then each node's course table."""
+    from fleetbench.coordinator.report import table
+    from fleetbench.coordinator.report.compose import compose
+    from fleetbench.coordinator.report.data import load
+    from fleetbench.coordinator.report.render_md import md_table
+    rep = compose(load(db))
+    parts = [md_table(table.BEST, rep.best_rows)]
+    parts += [md_table(table.COURSE[:-1] + ("mark",), rows) for s in rep.sections for _model, rows in s.tables]
+    return "\n\n".join(parts)
+
+
 def produce(fig: Figure, label: str) -> str:
     from fleetbench.coordinator.run import run_sweep
     from fleetbench.coordinator.store import query
     with tempfile.TemporaryDirectory(prefix="readme-figures-") as tmp:
         db = Path(tmp) / "figures.duckdb"
         counts = run_sweep(str(ROOT / fig.sweep), db=str(db), progress=False, out=sys.stderr)
-        names, rows = query(db, fig.sql)
+        body = report_tables(db) if fig.sql is None else markdown(*query(db, fig.sql))
     status = ", ".join(f"{n} {s}" for s, n in sorted((counts or {}).items()))
     return (f"Machine: {label}. Command: `coordinator run {fig.sweep}` ({status}), then "
-            f"`make readme-figures` (scripts/readme_figures.py) for this table.\n\n{markdown(names, rows)}")
+            f"`make readme-figures` (scripts/readme_figures.py) for this table.\n\n{body}")
 
 
-def replace(text: str, name: str, body: str) -> str:
+def replace(text: str, name: str, body: str, doc: str = "README.md") -> str:
     pattern = re.compile(rf"(<!-- figure:{name} -->\n).*?(\n<!-- /figure:{name} -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md: no <!-- figure:{name} --> markers")
+        raise SystemExit(f"{doc}: no <!-- figure:{name} --> markers")
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="figure names (default: all)")
-    ap.add_argument("--dry-run", action="store_true", help="print the tables, leave README.md alone")
+    ap.add_argument("--dry-run", action="store_true", help="print the tables, leave the pages alone")
     args = ap.parse_args(argv)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
     label = machine_label()
     for fig in FIGURES:
         if args.only and fig.name not in args.only:
             continue
         body = produce(fig, label)
-        print(f"--- {fig.name}\n{body}\n")
-        text = replace(text, fig.name, body)
-    if not args.dry_run:
-        readme.write_text(text)
+        print(f"--- {fig.name} ({fig.doc})\n{body}\n")
+        page = ROOT / fig.doc
+        text = replace(page.read_text(), fig.name, body, fig.doc)
+        if not args.dry_run:
+            page.write_text(text)
     return 0
 
 

@@ -76,8 +76,8 @@ def test_the_compression_comparison_joins_the_baseline_per_batch_size(demo_db):
     assert sorted(r[names.index("dF1")] for r in pt) == pytest.approx([-0.09, -0.09])
 
 
-def test_the_readme_comparison_query_keeps_the_quality_bar(demo_db):
-    sql = next(q for w, q in doc_queries() if w == "README.md query 1")
+def test_the_comparison_query_keeps_the_quality_bar(demo_db):
+    sql = next(q for w, q in doc_queries() if w.startswith("results.md query") and "FROM comparison" in q)
     names, rows = query(demo_db, sql)
     assert len(rows) == 6                                             # pytorch int8-static (F1 0.90) is out
     p50 = [r[names.index("latency_p50_ms")] for r in rows]

@@ -10,9 +10,9 @@ sys.modules["readme_figures"] = figures   # dataclasses look their module up the
 spec.loader.exec_module(figures)
 
 
-def test_every_figure_has_markers_in_the_readme_and_a_shipped_sweep():
-    text = (ROOT / "README.md").read_text()
+def test_every_figure_has_markers_in_its_page_and_a_shipped_sweep():
     for fig in figures.FIGURES:
+        text = (ROOT / fig.doc).read_text()
         assert f"<!-- figure:{fig.name} -->" in text and f"<!-- /figure:{fig.name} -->" in text
         assert (ROOT / fig.sweep).is_file()
 
@@ -27,3 +27,28 @@ def test_markdown_table_and_machine_label():
     assert figures.markdown(["a", "b"], [(1.5, None)]) == "| a | b |\n|---|---|\n| 1.5 | - |"
     label = figures.machine_label()
     assert "cores" in label and "ISA:" in label
+
+
+def test_the_demo_figure_is_the_reports_recommendation_and_course_table(tmp_path):
+    from fleetbench.coordinator.store import Store
+    from tests.coordinator.report.conftest import write_run
+    with Store(tmp_path / "r.duckdb") as store:
+        write_run(store)
+    text = figures.report_tables(tmp_path / "r.duckdb")
+    best, *courses = text.split("\n\n")
+    assert best.startswith("| node | hardware | model | bs | configuration |") and best.count("\n") == 3   # 2 nodes
+    assert len(courses) == 2 and all(c.startswith("| compression | backend |") for c in courses)
+    assert "| int8-static | onnxruntime | cpu | fp32 | 1 | 10.00 | 8.00 |" in courses[0]
+    assert "×0.25" in courses[0]      # size × against `none` on the same engine: 10 MB / 40 MB
+
+
+def test_the_readmes_sweep_file_is_the_demos():
+    import re
+
+    import yaml
+    block = re.search(r"The demo's `examples/sweep.yaml`:\n\n```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block and yaml.safe_load(block.group(1)) == yaml.safe_load((ROOT / "examples" / "sweep.yaml").read_text())
+
+
+def test_the_readme_is_read_in_five_minutes():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 200

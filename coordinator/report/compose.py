@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ class NodeSection:
     hw_kind: str
     tables: list[tuple[str, list[list[str]]]]   # (model, the course table of its ok rows)
     not_measured: list[list[str]]               # failed and unsupported rows
+    warning: str = ""                           # why a node has no trusted row, said at its top
 
     @property
     def heading(self) -> str:
@@ -61,6 +64,19 @@ def _hardware_of(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def all_invalid(rows: list[dict[str, Any]]) -> str:
+    """For a node whose ok rows were all judged invalid: how many, the reasons counted by kind, one in full."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok or any(r.get("valid") is not False for r in ok):
+        return ""
+    reasons = [" ".join((r.get("validity") or "no reason recorded").split()) for r in ok]
+    kinds = Counter(re.split(r"[\d(]", part, maxsplit=1)[0].strip() or part
+                    for reason in reasons for part in {p.strip() for p in reason.split(";")})
+    counted = ", ".join(f"{kind} ({n} of {len(ok)})" for kind, n in kinds.most_common())
+    return (f"Every measured row of this node ({len(ok)}) was judged invalid, so it has no recommendation and "
+            f"no plot: {counted}. For example: {reasons[0]}")
+
+
 def compose(data: RunData, max_drop: float = 0.01) -> Report:
     rep = Report(data, max_drop)
     rep.front = pareto(data.rows)
@@ -74,7 +90,8 @@ def compose(data: RunData, max_drop: float = 0.01) -> Report:
                        if r["model"] == m and r["status"] == "ok"]) for m in models]
         rep.sections.append(NodeSection(
             node, *hw[node], tables=tables,
-            not_measured=[table.not_measured_cells(r) for r in mine if r["status"] != "ok"]))
+            not_measured=[table.not_measured_cells(r) for r in mine if r["status"] != "ok"],
+            warning=all_invalid(mine)))
     rep.hardware_columns, rep.hardware_rows = table.hardware_cells(data.hardware_columns, data.hardware_rows)
     rep.best_rows = [table.best_cells(p, hw.get(p.node, ("", ""))[0]) for p in rep.picks]
     return rep

@@ -78,6 +78,17 @@ def _nodes(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({r["node"] for r in rows})
 
 
+def _points(ax, rows: list[dict[str, Any]], x: str, y: str) -> None:
+    """One marker per engine (the legend) and every point labelled with its compression (and device)."""
+    for backend in sorted({r["backend"] for r in rows}):
+        sel = [r for r in rows if r["backend"] == backend]
+        ax.scatter([r[x] for r in sel], [r[y] for r in sel], marker=MARKERS.get(backend, "o"), s=36,
+                   label=_t(backend), alpha=0.85)
+    for i, r in enumerate(sorted(rows, key=lambda r: (r[x], r[y]))):   # alternate sides: close points stay legible
+        name = r["compression"] + (f" {r['device']}" if r["device"] != "cpu" else "")
+        ax.annotate(_t(name), (r[x], r[y]), fontsize=7, xytext=(5, 4 if i % 2 else -10), textcoords="offset points")
+
+
 def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[tuple[str, str]]:
     pts = _ok(rows, "latency_p50_ms", "quality")
     if not pts:
@@ -89,22 +100,16 @@ def latency_vs_quality(rows: list[dict[str, Any]], front: set[str]) -> Optional[
     fig, axes = _grid(plt, len(nodes))
     for ax, node in zip(axes, nodes):
         mine = [r for r in pts if r["node"] == node]
-        for backend in sorted({r["backend"] for r in mine}):
-            sel = [r for r in mine if r["backend"] == backend]
-            ax.scatter([r["latency_p50_ms"] for r in sel], [r["quality"] for r in sel],
-                       marker=MARKERS.get(backend, "o"), s=36, label=_t(backend), alpha=0.85)
-        on = sorted((r for r in mine if r["job_id"] in front), key=lambda r: r["latency_p50_ms"])
+        _points(ax, mine, "latency_p50_ms", "quality")
+        on = [r for r in mine if r["job_id"] in front]
         if on:
             ax.scatter([r["latency_p50_ms"] for r in on], [r["quality"] for r in on], s=150,
                        facecolors="none", edgecolors="crimson", linewidths=1.4, label="Pareto set")
-            for r in on:
-                ax.annotate(_t(r["compression"]), (r["latency_p50_ms"], r["quality"]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
         metric = _t("/".join(sorted({r["quality_metric"] for r in mine})))
         ax.set(title=f"{_t(node)}: p50 vs {metric} (batch {bs})", xlabel="p50 latency (ms, log scale)", ylabel=metric)
         _plain_log(ax, "x")
         ax.legend(fontsize=7, loc="lower right")   # "best" searches every point: slow with many rows
-    return ("Latency vs quality per node (Pareto set ringed)", _svg(fig, "lat-q"))
+    return (f"Latency vs quality per node, batch {bs} (Pareto set ringed)", _svg(fig, f"lat-q-{bs}"))
 
 
 def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
@@ -114,16 +119,14 @@ def size_vs_latency(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     plt = _plt()
     bs = min(r["batch_size"] for r in pts)
     pts = [r for r in pts if r["batch_size"] == bs]
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 4.0))
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.92, bottom=0.12)
-    for node in _nodes(pts):
-        mine = [r for r in pts if r["node"] == node]
-        ax.scatter([r["size_mb"] for r in mine], [r["latency_p50_ms"] for r in mine], s=36, label=_t(node), alpha=0.8)
-    ax.set(title=f"Model size vs p50 latency (batch {bs})", xlabel="size on disk (MB)",
-           ylabel="p50 latency (ms, log scale)")
-    _plain_log(ax, "y")
-    ax.legend(fontsize=8, title="node", loc="upper right")
-    return ("Size vs latency", _svg(fig, "size-lat"))
+    nodes = _nodes(pts)
+    fig, axes = _grid(plt, len(nodes))
+    for ax, node in zip(axes, nodes):
+        _points(ax, [r for r in pts if r["node"] == node], "size_mb", "latency_p50_ms")
+        ax.set(title=f"{_t(node)}: size vs p50 (batch {bs})", xlabel="size on disk (MB)", ylabel="p50 latency (ms, log scale)")
+        _plain_log(ax, "y")
+        ax.legend(fontsize=7, loc="upper right")
+    return (f"Size vs latency per node, batch {bs}", _svg(fig, f"size-lat-{bs}"))
 
 
 def speedup(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
@@ -145,7 +148,7 @@ def speedup(rows: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
         ax.set(title=f"{_t(node)}: speed-up over eager fp32 (batch {bs})", xlabel="× (eager p50 / p50, log scale)")
         _plain_log(ax, "x")
         ax.tick_params(axis="y", labelsize=7)
-    return ("Speed-up over eager fp32 per node", _svg(fig, "speedup"))
+    return (f"Speed-up over eager fp32 per node, batch {bs}", _svg(fig, f"speedup-{bs}"))
 
 
 def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -> Optional[tuple[str, str]]:
@@ -171,15 +174,20 @@ def distributions(rows: list[dict[str, Any]], samples: dict[str, list[float]]) -
         ax.set(title=f"{_t(node)}: latency samples, batch {bs}", xlabel="latency (ms, log scale)")
         _plain_log(ax, "x")
         ax.legend(fontsize=7, loc="lower right")
-    return ("Latency distribution of each row", _svg(fig, "dist"))
+    return (f"Latency distribution of each row, batch {bs}", _svg(fig, f"dist-{bs}"))
 
 
 def all_plots(rows: list[dict[str, Any]], front: set[str], samples: dict[str, list[float]]) -> list[tuple[str, str]]:
+    """Every plot, once per batch size the run has ok rows at (kernels and latencies differ between them)."""
+    import functools
     import time
     out = []
-    for draw in (lambda: latency_vs_quality(rows, front), lambda: size_vs_latency(rows), lambda: speedup(rows),
-                 lambda: distributions(rows, samples)):
-        t = time.perf_counter()
-        out.append(draw())
-        log.debug("plot %s in %.2f s", out[-1][0] if out[-1] else "-", time.perf_counter() - t)
+    draws = (functools.partial(latency_vs_quality, front=front), size_vs_latency, speedup,
+             functools.partial(distributions, samples=samples))
+    for bs in sorted({r["batch_size"] for r in _ok(rows)}):
+        at = [r for r in rows if r["batch_size"] == bs]
+        for draw in draws:
+            t = time.perf_counter()
+            out.append(draw(at))
+            log.debug("plot %s in %.2f s", out[-1][0] if out[-1] else "-", time.perf_counter() - t)
     return [p for p in out if p is not None]

@@ -20,12 +20,13 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: 
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 6px;
   border-bottom: 1px solid #d0d7de; padding-bottom: 3px; } h3 { font-size: 14px; margin: 14px 0 4px; }
 p.meta, p.note { color: #57606a; margin: 4px 0 10px; }
+p.warning { background: #fff4e5; border-left: 4px solid #d97706; padding: 6px 10px; margin: 6px 0 10px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 12px; margin: 4px 0 10px; }
 th, td { padding: 3px 5px; border-bottom: 1px solid #eaeef2; white-space: nowrap; text-align: left; }
-th { background: #f6f8fa; position: sticky; top: 0; }
+th { background: #f6f8fa; position: sticky; top: 0; white-space: normal; vertical-align: bottom; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.reason { white-space: normal; min-width: 180px; }
+td.reason { white-space: normal; min-width: 160px; }
 td.wrap { white-space: normal; }
 tr.best td { background: #e6f4ea; font-weight: 600; }
 tr.pareto td:last-child { color: #b3261e; }
@@ -43,7 +44,7 @@ def _num(column: str) -> bool:
 def _cls(column: str) -> str:
     if _num(column):
         return "num"
-    return "reason" if column in ("reason", "why") else "wrap" if column in WRAP else ""
+    return "reason" if column in ("reason", "why", "mark") else "wrap" if column in WRAP else ""
 
 
 WRAP = {"model", "hardware", "node"}
@@ -69,7 +70,10 @@ def render(rep: Report, plots: list[tuple[str, str]]) -> str:
              "<h2>Recommendation</h2>", f'<p class="note">{escape(rep.best_note)}</p>',
              html_table(table.BEST, rep.best_rows, "best")]
     for s in rep.sections:
-        parts += [f'<h2 class="node">{escape(s.heading)}</h2>',
+        parts += [f'<h2 class="node">{escape(s.heading)}</h2>']
+        if s.warning:
+            parts += [f'<p class="warning">{escape(s.warning)}</p>']
+        parts += [
                   '<p class="note">Change (×, ±) is against the <code>none</code> row of the same '
                   "backend, device and batch size. Highlighted: the recommendation.</p>"]
         for model, rows in s.tables:

@@ -26,8 +26,8 @@ def render(rep: Report) -> str:
     parts = [f"# {md_text(rep.title)}", "", md_text(rep.subtitle), "", "## Recommendation", "",
              md_text(rep.best_note), "", md_table(table.BEST, rep.best_rows), ""]
     for s in rep.sections:
-        parts += [f"## {md_text(s.heading)}", "",
-                  "Change (×, ±) is against the `none` row of the same backend, device and batch size.", ""]
+        parts += [f"## {md_text(s.heading)}", ""] + ([f"**{md_text(s.warning)}**", ""] if s.warning else [])
+        parts += ["Change (×, ±) is against the `none` row of the same backend, device and batch size.", ""]
         for model, rows in s.tables:
             parts += [f"### {md_text(model)}", "",
                       md_table(table.COURSE[:-1] + ("mark",), rows) if rows else "_no ok rows_", ""]

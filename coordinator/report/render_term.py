@@ -80,6 +80,8 @@ def render(rep: Report, file=None) -> None:
     out.text(rep.subtitle)
     out.text("")
     for s in rep.sections:
+        if s.warning:
+            out.text(f"{s.node}: {s.warning}\n")
         for model, rows in s.tables:
             out.table(table.COURSE, rows, title=f"{s.heading} · model {model}")
         if s.not_measured:

@@ -36,7 +36,8 @@ CREATE OR REPLACE {temp} VIEW course AS
 --   quality_drop      ref_quality - quality (positive: worse than the reference)
 --   size_x, compressed_x, p50_x, f1_diff
 --                     change against the `none` row of the same run, node, model, backend,
---                     device and batch size (ratios; f1_diff is a difference)
+--                     device and batch size (ratios; f1_diff is a difference); p50_x only
+--                     where both rows are valid (size and quality do not depend on the window)
 --   speedup_vs_eager  eager fp32 p50 (same device, else cpu; same batch size) / this p50
 WITH hw AS (   -- per node and run, not per row: the JSON is parsed once per node
     SELECT run_id, node_id, node_key,
@@ -49,10 +50,10 @@ WITH hw AS (   -- per node and run, not per row: the JSON is parsed once per nod
     FROM results AS r LEFT JOIN hw AS n ON n.run_id = r.run_id AND n.node_id = r.node_id
 ), ok AS (
     SELECT * FROM named WHERE status = 'ok' AND valid_row
-), base AS (
-    SELECT run_id, node, model, backend, device, batch_size, scenario_row,
-           size_mb, size_compressed_mb, latency_p50_ms, f1_macro
-    FROM ok WHERE compression = 'none'
+), base AS (   -- size and quality do not depend on a clean timing window; p50 does
+    SELECT run_id, node, model, backend, device, batch_size, scenario_row, size_mb, size_compressed_mb,
+           CASE WHEN valid_row THEN latency_p50_ms END AS latency_p50_ms, f1_macro
+    FROM named WHERE status = 'ok' AND compression = 'none'
 ), eager AS (
     SELECT run_id, node, model, device, batch_size, scenario_row, min(latency_p50_ms) AS p50
     FROM ok WHERE backend = 'pytorch' AND compression = 'none' AND latency_p50_ms > 0
@@ -89,7 +90,7 @@ SELECT q.sweep, q.run_id, q.job_id, q.node, q.hardware, q.hw_kind, q.hostname, q
        ref_quality - quality AS quality_drop,
        q.size_mb / nullif(b.size_mb, 0) AS size_x,
        q.size_compressed_mb / nullif(b.size_compressed_mb, 0) AS compressed_x,
-       q.latency_p50_ms / nullif(b.latency_p50_ms, 0) AS p50_x,
+       CASE WHEN q.valid_row THEN q.latency_p50_ms / nullif(b.latency_p50_ms, 0) END AS p50_x,
        q.f1_macro - b.f1_macro AS f1_diff,
        CASE WHEN q.latency_p50_ms > 0 THEN coalesce(es.p50, ec.p50) / q.latency_p50_ms END
            AS speedup_vs_eager
@@ -97,7 +98,7 @@ FROM q
 LEFT JOIN base AS b ON b.run_id = q.run_id AND b.node = q.node AND b.model = q.model
       AND b.backend = q.backend AND b.device = q.device AND b.batch_size = q.batch_size
       AND b.scenario_row = q.scenario_row
-      AND q.status = 'ok' AND q.valid_row
+      AND q.status = 'ok'
 LEFT JOIN eager AS es ON es.run_id = q.run_id AND es.node = q.node AND es.model = q.model
       AND es.batch_size = q.batch_size AND es.device = q.device AND es.scenario_row = q.scenario_row
 LEFT JOIN eager AS ec ON ec.run_id = q.run_id AND ec.node = q.node AND ec.model = q.model

@@ -13,6 +13,9 @@ import duckdb
 import pytest
 
 from fleetbench.coordinator.cli import main
+from fleetbench.coordinator.store import Store
+
+from .conftest import CONFIGS, add_samples, result
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make browser installs it)")
@@ -34,7 +37,8 @@ window.addEventListener('load', () => {
     .map(d => d.firstElementChild.className + ' ' + d.scrollWidth + '>' + d.clientWidth);
   const pre = document.createElement('pre'); pre.id = 'probe';
   pre.textContent = JSON.stringify({plots, tables, errors: window.__errors,
-    fetched: performance.getEntriesByType('resource').map(r => r.name), overflow, width: document.documentElement.scrollWidth});
+    fetched: performance.getEntriesByType('resource').map(r => r.name), overflow,
+    width: document.documentElement.scrollWidth, client: document.documentElement.clientWidth});
   document.body.appendChild(pre);
 });
 </script>"""
@@ -53,8 +57,32 @@ def console_messages(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if "CONSOLE" in ln or "Failed to load" in ln]
 
 
+LONG = ("cv 31% > 15%; other processes used 1.75 cores during the window (> 0.25): python pid 28930 0.26, "
+        "python pid 31836 0.27, coordinator pid 18909 0.30; min_iters not reached (14 < 50)")
+
+
+def _batch_8_and_an_invalid_node(db: Path, run: str) -> None:
+    """Alpha also at batch 8; every ok row of beta judged invalid with a long reason (the widest mark cell)."""
+    samples = {}
+    with Store(db) as store:
+        for comp, backend, pa, _pb, f1, size, zsize in CONFIGS:
+            r = result(run, "alpha", "id-a1", comp, backend, pa * 3, f1, size, zsize, batch_size=8)
+            r.job_id += "-bs8"
+            store.put_result(r)
+            samples[r.job_id] = [pa * 3 * (1 + i / 400) for i in range(200)]
+        for comp, backend, *_ in CONFIGS:
+            store.mark_invalid(run, f"beta-{comp}-{backend}", LONG)
+    add_samples(db, run, samples)
+
+
+def _figure_labels(html: str, caption: str) -> list[str]:
+    figure = re.search(rf"<figcaption>{re.escape(caption)}</figcaption>(.*?)</figure>", html, re.S).group(1)
+    return re.findall(r"<text[^>]*>([^<]*)</text>", figure)
+
+
 def test_report_html_in_headless_chromium(demo_db, tmp_path):
     db, first, _ = demo_db
+    _batch_8_and_an_invalid_node(db, first)
     page = tmp_path / "report.html"
     assert main(["report", "--db", str(db), "--run", first, "--html", str(page), "--quiet"]) == 0
 
@@ -70,10 +98,19 @@ def test_report_html_in_headless_chromium(demo_db, tmp_path):
     probe = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dumped.stdout, re.S).group(1)
                        .replace("&quot;", '"').replace("&amp;", "&"))
     assert probe["errors"] == [] and probe["fetched"] == []    # self-contained: nothing fetched at all
-    assert len(probe["plots"]) == 4
+    assert len(probe["plots"]) == 8      # four plots per batch size of the run (1 and 8)
+    html = page.read_text()
+    for bs in (1, 8):                    # every point names its configuration: engine by legend, compression by label
+        for caption in (f"Latency vs quality per node, batch {bs} (Pareto set ringed)", f"Size vs latency per node, batch {bs}"):
+            labels = _figure_labels(html, caption)
+            assert sorted(t for t in labels if t in {c[0] for c in CONFIGS}) == sorted(c[0] for c in CONFIGS), caption
+            assert {c[1] for c in CONFIGS} <= set(labels), caption
+    beta = html[html.index(">beta — "):]
+    assert beta.index('<p class="warning">Every measured row of this node (5) was judged invalid') < beta.index("<table")
+    assert "other processes used (5 of 5)" in beta
     for plot in probe["plots"]:
         assert plot["w"] > 300 and plot["h"] > 100 and plot["marks"] > 20, plot
-    assert probe["width"] <= 1280, "the page scrolls sideways at 1280 px"
+    assert probe["width"] <= probe["client"] <= 1280, "the page scrolls sideways at 1280 px"
     assert probe["overflow"] == [], "a table is wider than the page at 1280 px"
 
     con = duckdb.connect(str(db), read_only=True)
