@@ -33,6 +33,7 @@ class Dataset:
     eval_y: Optional[np.ndarray]   # int64 labels; None for synthetic data
     calib_x: np.ndarray            # float32 NCHW, disjoint from eval_x (int8 calibration)
     classes: Optional[list[str]]
+    notes: tuple[str, ...] = ()    # for the result rows (a limit above the dataset's size)
 
 
 def load_dataset(spec: DatasetSpec, input_size: Sequence[int], *,
@@ -115,6 +116,7 @@ def _load_digits(spec: DatasetSpec, size: tuple[int, int, int]) -> Dataset:
     digits = load_digits()
     train_idx, test_idx = digits_split()
     eval_idx = test_idx[: spec.limit] if spec.limit else test_idx
+    note = limit_note(spec, len(test_idx))
     rng = np.random.default_rng(spec.seed)
     calib_idx = rng.permutation(train_idx)[: spec.calibration]
     return Dataset(
@@ -123,6 +125,7 @@ def _load_digits(spec: DatasetSpec, size: tuple[int, int, int]) -> Dataset:
         eval_y=digits.target[eval_idx].astype(np.int64),
         calib_x=preprocess_digits(digits.images[calib_idx], size),
         classes=[str(i) for i in range(10)],
+        notes=(note,) if note else (),
     )
 
 
@@ -150,12 +153,12 @@ def _load_imagefolder(spec: DatasetSpec, size: tuple[int, int, int],
     classes, files = scan_imagefolder(spec.path)
     order = np.random.default_rng(spec.seed).permutation(len(files))
     files = [files[i] for i in order]
-    n_calib = spec.calibration
-    if n_calib >= len(files):
-        n_calib = len(files) // 2
+    n_calib = calibration_count(spec, len(files))
+    if n_calib < spec.calibration:
         log.warning("%s: %d images, fewer than calibration=%d + 1; using %d for calibration",
                     spec.path, len(files), spec.calibration, n_calib)
     calib, rest = files[:n_calib], files[n_calib:]
+    note = limit_note(spec, len(rest))
     if spec.limit:
         rest = rest[: spec.limit]
     mean_, std_ = _norm_stats(c, mean, std)
@@ -165,7 +168,30 @@ def _load_imagefolder(spec: DatasetSpec, size: tuple[int, int, int],
         eval_y=np.array([y for _, y in rest], dtype=np.int64),
         calib_x=_read_images([f for f, _ in calib], size, mean_, std_),
         classes=classes,
+        notes=(note,) if note else (),
     )
+
+
+def calibration_count(spec: DatasetSpec, images: int) -> int:
+    """Images of an image folder set aside for calibration: `calibration`, or half when there are too few."""
+    return spec.calibration if spec.calibration < images else images // 2
+
+
+def eval_size(spec: DatasetSpec) -> Optional[int]:
+    """Images in the dataset's evaluation split before `limit` (None for synthetic data: `limit` is its size)."""
+    if spec.kind == "digits":
+        return len(digits_split()[1])
+    if spec.kind == "imagefolder":
+        images = len(scan_imagefolder(spec.path)[1])
+        return images - calibration_count(spec, images)
+    return None
+
+
+def limit_note(spec: DatasetSpec, available: Optional[int]) -> Optional[str]:
+    """What a `limit` above the evaluation split's size means: "dataset.limit 10000 > 540 images: using 540"."""
+    if spec.limit is None or available is None or spec.limit <= available:
+        return None
+    return f"dataset.limit {spec.limit} > {available} images: using {available}"
 
 
 def scan_imagefolder(path: Optional[str]) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -181,6 +207,10 @@ def scan_imagefolder(path: Optional[str]) -> tuple[list[str], list[tuple[Path, i
     if len(files) < 2:
         raise StageError("load", f"{path}: found {len(files)} images in {len(classes)} class folders; "
                                  f"need at least 2 ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    found = sorted({classes[y] for _, y in files})
+    if len(found) < 2:
+        raise StageError("load", f"{path}: images in {len(found)} class folder ({found[0]!r}) of {len(classes)}; "
+                                 "accuracy and F1 need images of at least 2 classes")
     return classes, files
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from fleetbench.agent import measure
 from fleetbench.agent.backends import Artifact, Backend, Engine
-from fleetbench.agent.quality import predict
+from fleetbench.agent.quality import logits, predict
 from fleetbench.agent.stages import Built, Measured, Memory, Timed
 from fleetbench.shared.job import Job
 from fleetbench.shared.vocab import BackendName, Stage
@@ -72,7 +72,7 @@ def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, str
     if eval_x is not None:
         with stage(Stage.EVALUATE):
             t = time.perf_counter()
-            out.pred = predict(engine.run, eval_x(), job.batch_size)
+            out.pred = predict(engine.run, eval_x(), job.batch_size, job.model.num_classes)
             out.stage_s["evaluate"] = time.perf_counter() - t
     out.notes.extend(engine.notes())   # engine-specific notes (placement, caches, VRAM source)
     engine.close()
@@ -82,8 +82,9 @@ def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, str
 def _measure(engine: Engine, example: np.ndarray, job: Job, windows_fn: Optional[Callable[[], list]] = None,
              streams: Optional[int] = None) -> tuple[Measured, list, list[str]]:
     t = time.perf_counter()
-    engine.run(example)
+    first = engine.run(example)
     first_ms = (time.perf_counter() - t) * 1e3
+    logits(first, job.batch_size, job.model.num_classes)   # logits of this batch size, before anything is timed
     if windows_fn is None:
         windows = measure.measure_windows(lambda: engine.run(example), job.measure, job.measure.repeats,
                                           gpu_index=_gpu_index(job))

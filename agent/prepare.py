@@ -4,7 +4,8 @@ Entries, and what each key is made from:
 - dataset: eval_x / eval_y / calib_x as .npy. Dataset spec, input size, the image files' names, sizes
   and times (imagefolder), code, numpy / scikit-learn / Pillow versions.
 - reference: the fp32 eager model's predictions on the data. Model (source, classes, input size, weights
-  hash), dataset key, code, torch / timm / onnxruntime versions.
+  hash; for a `python:` source its code and what it imports: agent/codekey.py), dataset key, code,
+  torch / timm / onnxruntime versions.
 - compressed: the model-level compressed torch module. Model, compression parameters, calibration data,
   code, torch / torch-pruning versions.
 - onnx: the fp32 ONNX export of the (compressed) model. Compressed key, batch axis (dynamic, or one static
@@ -36,6 +37,7 @@ import numpy as np
 from fleetbench.agent import cache
 from fleetbench.agent.backends.base import Artifact
 from fleetbench.agent.cache import code_hash
+from fleetbench.agent.codekey import source_digest
 from fleetbench.shared.errors import StageError
 from fleetbench.shared.job import Job
 from fleetbench.shared.vocab import METHODS
@@ -113,9 +115,10 @@ def model_key(job: Job) -> str:
     if weights is None and (m.checkpoint or m.scheme == "onnx"):
         local = Path(m.checkpoint or m.source.partition(":")[2])
         weights = cache.file_sha256(local) if local.is_file() else f"missing:{local}"
+    user_code = source_digest(m.source.split(":")[1]) if m.scheme == "python" else None
     return cache.content_key(kind="model", source=m.source, num_classes=m.num_classes,
                                  input_size=list(m.input_size), pretrained=m.pretrained, weights=weights,
-                                 code=code_of("model"), versions=versions_of(VERSIONS["model"]))
+                                 code=code_of("model"), user_code=user_code, versions=versions_of(VERSIONS["model"]))
 
 
 def reference_key(job: Job) -> str:
@@ -207,7 +210,7 @@ def dataset(job: Job) -> Data:
         np.save(folder / "calib_x.npy", np.ascontiguousarray(d.calib_x, dtype=np.float32))
         if d.eval_y is not None:
             np.save(folder / "eval_y.npy", d.eval_y.astype(np.int64))
-        return {"name": d.name, "classes": d.classes, "job": job.describe()}
+        return {"name": d.name, "classes": d.classes, "notes": list(d.notes), "job": job.describe()}
     return Data(cache.get_or_make("dataset", dataset_key(job), make))
 
 
@@ -251,9 +254,10 @@ def reference(job: Job, weights: Optional[bytes], data: Data, threads: int) -> R
     def make(folder: Path) -> dict:
         x = data.eval_x(mmap=False)
         gflops = None
+        classes = job.model.num_classes
         if job.model.scheme == "onnx":
             from fleetbench.agent.backends.onnxruntime.backend import reference_runner
-            pred = predict(reference_runner(onnx_source(job, weights), threads), x, job.batch_size)
+            pred = predict(reference_runner(onnx_source(job, weights), threads), x, job.batch_size, classes)
             notes: list[str] = []
         else:
             import torch
@@ -262,16 +266,39 @@ def reference(job: Job, weights: Optional[bytes], data: Data, threads: int) -> R
             torch.set_num_threads(threads)
             counter = FlopCounterMode(display=False)   # FLOPs per item, counted on the reference pass itself
             with torch.inference_mode(), counter:
-                pred = predict(lambda b: model(torch.from_numpy(b)).numpy(), x, REFERENCE_BATCH)
+                pred = predict(lambda b: _numpy(model(torch.from_numpy(b))), x, REFERENCE_BATCH, classes)
             items = -(-len(x) // REFERENCE_BATCH) * REFERENCE_BATCH   # predict pads the last batch
             gflops = counter.get_total_flops() / items / 1e9 or None
         np.save(folder / "reference.npy", pred)
-        return {"model_notes": list(notes), "gflops": gflops}
+        return {"model_notes": list(notes) + _judge_reference(pred), "gflops": gflops}
 
     entry = cache.get_or_make("reference", reference_key(job), make)
     gflops = entry.info.get("gflops")
     return Reference(np.load(entry.file("reference.npy")), entry.hit, list(entry.info.get("model_notes") or []),
                      float(gflops) if isinstance(gflops, (int, float)) else None)
+
+
+def _numpy(out: Any) -> Any:
+    """A torch model's output as numpy (a tensor of a dtype numpy lacks as float32); anything else as it is,
+    for `quality.logits` to say what it is."""
+    import torch
+    if not isinstance(out, torch.Tensor):
+        return out
+    out = out.detach().cpu()
+    return (out.float() if out.dtype in (torch.bfloat16, torch.float16) else out).numpy()
+
+
+def _judge_reference(pred: np.ndarray) -> list[str]:
+    """Refuse a model whose fp32 logits are not finite (the load stage fails with the count); a note when
+    it predicts one class for every image (its output may not depend on its input)."""
+    from fleetbench.agent.quality import nonfinite
+    bad = nonfinite(pred)
+    if bad:
+        raise StageError("load", f"the fp32 model gives non-finite logits (NaN or inf) for {bad} of "
+                                 f"{len(pred)} images")
+    if len(pred) > 1 and len(np.unique(pred)) == 1:
+        return [f"the fp32 model predicts class {int(pred[0])} for all {len(pred)} images"]
+    return []
 
 
 @dataclass

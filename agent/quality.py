@@ -44,10 +44,44 @@ def batches(x: np.ndarray, batch_size: int):
         yield np.ascontiguousarray(chunk), n
 
 
-def predict(run, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Top-1 predictions of `run` over `x`, in batches of the engine's fixed batch size."""
+class OutputError(ValueError):
+    """A model's output that is not one row of logits per image."""
+
+
+def logits(out, batch_size: int, num_classes: Optional[int] = None) -> np.ndarray:
+    """One batch's output as a (batch_size, classes) array of real numbers, or OutputError saying what it is
+    instead: a tuple or dict, complex or boolean values, a first axis that is not the batch, or (when
+    `num_classes` is given) another number of logits per image."""
+    if isinstance(out, dict) or not hasattr(out, "__array__"):
+        size = f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else ""
+        raise OutputError(f"the model returns a {type(out).__name__}{size}, not one array of logits "
+                          f"(batch, num_classes): wrap it to return the logits alone")
+    arr = np.asarray(out)
+    if arr.dtype.kind not in "fiu":
+        raise OutputError(f"the model's output has dtype {arr.dtype}, not real-valued logits")
+    if arr.ndim == 0 or arr.shape[0] != batch_size:
+        raise OutputError(f"the model's output has shape {tuple(arr.shape)} for a batch of {batch_size} images: "
+                          "its first axis must be the batch")
+    arr = arr.reshape(batch_size, -1)
+    if num_classes is not None and arr.shape[1] != num_classes:
+        raise OutputError(f"the model gives {arr.shape[1]} logits per image but num_classes is {num_classes}")
+    return arr
+
+
+def predict(run, x: np.ndarray, batch_size: int, num_classes: Optional[int] = None) -> np.ndarray:
+    """Top-1 predictions of `run` over `x`, in batches of the engine's fixed batch size; an image whose
+    logits are not all finite (NaN, inf) is predicted -1 (`nonfinite` counts them). OutputError when an
+    output is not logits (`logits`)."""
     out = []
     for chunk, n in batches(x, batch_size):
-        logits = np.asarray(run(chunk))
-        out.append(logits.reshape(batch_size, -1)[:n].argmax(axis=1))
+        arr = logits(run(chunk), batch_size, num_classes)[:n]
+        pred = arr.argmax(axis=1)
+        if arr.dtype.kind == "f":
+            pred[~np.isfinite(arr).all(axis=1)] = -1
+        out.append(pred)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def nonfinite(pred: np.ndarray) -> int:
+    """How many images `predict` found non-finite logits for."""
+    return int(np.count_nonzero(np.asarray(pred) < 0))

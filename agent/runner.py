@@ -31,9 +31,10 @@ import numpy as np
 from fleetbench.agent import compress, measure, measureproc, prepare, sizes
 from fleetbench.agent.backends import Artifact, Backend, ExportContext
 from fleetbench.agent.backends import get as get_backend
+from fleetbench.agent.limits import usable_cpus
 from fleetbench.agent.measuring import EngineRun, run_engine, throughput_reason, timed
-from fleetbench.agent.quality import batches, quality
-from fleetbench.agent.stages import Built, Compressed, Efficiency, Exported, Provenance, default_threads, stage
+from fleetbench.agent.quality import batches, nonfinite, quality
+from fleetbench.agent.stages import Built, Compressed, Efficiency, Exported, Provenance, default_threads, stage, threads_reason
 from fleetbench.shared.errors import StageError, Unsupported, one_line
 from fleetbench.shared.job import RESULT_COLUMNS, SIDE_FIELDS, Job, Result
 from fleetbench.shared.vocab import Stage, Status
@@ -148,6 +149,9 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     clock = time.perf_counter()
     backend = _backend_for(job)
     threads = job.measure.threads or default_threads()
+    reason = threads_reason(threads, usable_cpus())
+    if reason:
+        raise Unsupported(reason)
     streams: Optional[int] = None
     if job.scenario == "throughput" and backend.throughput_driver == "calls":   # each stream its share of the threads
         streams = job.measure.streams or threads
@@ -201,6 +205,7 @@ def _load(st: _Job, weights: Optional[bytes], out: Outcome):
     job = st.job
     data = prepare.dataset(job)
     classes = data.entry.info.get("classes")
+    out.notes.extend(data.entry.info.get("notes") or [])
     if classes is not None and len(classes) > job.model.num_classes:
         raise StageError(Stage.LOAD, f"{job.dataset.path}: {len(classes)} class folders but "
                                      f"num_classes is {job.model.num_classes}: labels {job.model.num_classes}.."
@@ -218,6 +223,10 @@ def _quality(st: _Job, data, ref, pred, cached_pred, out: Outcome) -> str:
     """Score the engine's predictions (made now, or the node's cached ones); where they came from."""
     job = st.job
     if cached_pred is None:
+        bad = nonfinite(pred)
+        if bad:
+            raise StageError(Stage.EVALUATE, f"{job.backend} gives non-finite logits (NaN or inf) for {bad} of "
+                                             f"{len(pred)} images")
         prepare.store_predictions(job, st.backend, st.threads, pred)
         source = f"evaluated in this job ({len(pred)} images at batch size {job.batch_size})"
     else:

@@ -36,6 +36,15 @@ def default_threads() -> int:
     return allowed()
 
 
+def threads_reason(threads: int, usable: int) -> Optional[str]:
+    """Why a job may not run `threads` threads where its process may keep `usable` CPUs busy (agent/limits.py);
+    None when it may. More threads than CPUs would time the scheduler, not the engine."""
+    if threads <= usable:
+        return None
+    return (f"measure.threads {threads} > {usable} usable CPUs on this node (its affinity mask and CPU quota): "
+            f"set measure.threads to at most {usable}, or leave it out")
+
+
 @dataclass(frozen=True)
 class Compressed:
     """The compress stage: the sparsity a prune reached (None for other methods)."""

@@ -206,13 +206,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _validate(args) -> int:
     from fleetbench.coordinator.run import preflight
-    sweep = preflight(args.sweep, db=args.db).sweep
+    checked = preflight(args.sweep, db=args.db)
+    sweep = checked.sweep
     per_node = (len(sweep.models) * len(sweep.compression) * len(sweep.backends) * len(sweep.batch_sizes)
                 * len(sweep.scenarios))
     print(f"{args.sweep}: ok — sweep {sweep.name!r}: {len(sweep.models)} model(s) x {len(sweep.compression)} "
           f"compression x {len(sweep.backends)} backend(s) x {len(sweep.batch_sizes)} batch size(s) "
           f"x {len(sweep.scenarios)} scenario(s) "
           f"= {per_node} jobs per node and device; targets {', '.join(sweep.targets)}")
+    for note in checked.notes:
+        print(f"{args.sweep}: {note}")
     if not args.address:
         print("targets: not checked against a fleet (give --address to check them against a running cluster)")
         return 0

@@ -48,6 +48,23 @@ def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
     return files
 
 
+def dataset_notes(sweep: Sweep, sweep_path: Path) -> list[str]:
+    """What the dataset will really be, where it is not what the sweep says (a limit above its size); an
+    image folder with images of fewer than two classes is refused (SweepError naming dataset.path)."""
+    from fleetbench.agent.data import eval_size, limit_note
+    from fleetbench.shared.errors import StageError
+    ds = sweep.dataset
+    if ds.kind == "imagefolder":
+        ds = ds.model_copy(update={"path": str(resolve_local(ds.path, sweep_path.parent))})
+    elif ds.limit is None:
+        return []
+    try:
+        note = limit_note(ds, eval_size(ds))
+    except StageError as e:
+        raise SweepError(f"{sweep_path}: dataset.path: {e}") from None
+    return [note] if note else []
+
+
 def check_cache() -> None:
     """$FLEETBENCH_CACHE, when set, must be a folder this user can write (or one it can create)."""
     value = os.environ.get("FLEETBENCH_CACHE")
@@ -70,6 +87,7 @@ class Checked:
     files: dict[str, Path] = field(default_factory=dict)
     payloads: dict[str, bytes] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)      # what a person should know before it runs
 
 
 MIN_FILE_SIZE_LIMIT = 1 << 30   # Ray's logs and object spilling, engine caches and the results file
@@ -93,6 +111,7 @@ def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -
     """
     sweep = load_sweep(sweep_path)
     files = check_inputs(sweep, Path(sweep_path))
+    notes = dataset_notes(sweep, Path(sweep_path))
     fields = {m.name: f"{sweep_path}: models[{i}].{'checkpoint' if m.checkpoint else 'source'}"
               for i, m in enumerate(sweep.models)}
     payloads = {name: _payload(path, fields[name]) for name, path in files.items()}   # before Ray starts
@@ -101,7 +120,7 @@ def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -
     check_file_size_limit()
     if db is not None:
         check_db(db, sweep.name if resume else None)
-    return Checked(sweep, files, payloads, hashes)
+    return Checked(sweep, files, payloads, hashes, notes)
 
 
 def check_db(db: str, resume_sweep: Optional[str] = None) -> None:
@@ -156,6 +175,8 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
+    for note in checked.notes:
+        print(f"{sweep_path}: {note}", file=out)
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
         path = str(dataset_folder(sweep.dataset, Path(sweep_path).parent))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})

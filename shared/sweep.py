@@ -201,7 +201,7 @@ class MeasureSpec(_Strict):
     min_iters: int = Field(default=50, gt=0, le=MAX_ITERS)
     min_duration_s: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
     max_duration_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
-    threads: Optional[int] = Field(default=None, gt=0, le=1024)
+    threads: Optional[int] = Field(default=None, gt=0)   # at most the node's usable CPUs: checked on the node
     # timed windows per job: in this process, or each in a fresh process (repeat_mode: process)
     repeats: int = Field(default=1, ge=1, le=100)
     repeat_mode: Literal["same", "process"] = "same"
