@@ -23,7 +23,7 @@ import os
 import site
 import sys
 import sysconfig
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 OWN = "fleetbench"   # our own code is in every key already (agent/prepare.py CODE)
 
@@ -123,7 +123,7 @@ def _library(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _distributions() -> dict[str, list[str]]:
+def _distributions() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 

@@ -55,7 +55,7 @@ def dataset_notes(sweep: Sweep, sweep_path: Path) -> list[str]:
     from fleetbench.shared.errors import StageError
     ds = sweep.dataset
     if ds.kind == "imagefolder":
-        ds = ds.model_copy(update={"path": str(resolve_local(ds.path, sweep_path.parent))})
+        ds = ds.model_copy(update={"path": str(dataset_folder(ds, sweep_path.parent))})
     elif ds.limit is None:
         return []
     try:
