@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import sys
@@ -72,19 +74,59 @@ views: course (a row per result, named and judged), hardware (nodes side by side
 
 
 def _percent(text: str) -> float:
+    """A fraction or a percentage, finite and 0 or more (argparse type): nan or inf would switch a bound off."""
+    import math
     try:
         value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a fraction or a percentage (e.g. 0.1 or 10%)") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number (e.g. 0.1 or 10%)")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
 
 
+def _drop(text: str) -> float:
+    """A quality drop: a fraction of a score in [0, 1], so at most 1 (100%)."""
+    value = _percent(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a quality drop is at most 1 (100%)")
+    return value
+
+
+def _size_mb(text: str) -> float:
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite size above 0 MB")
+    return value
+
+
+def _batch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a batch size is 1 or more")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr and exit 2 (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from fleetbench.coordinator.store import fleetbench_version
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="coordinator", formatter_class=fmt,
+    parser = _Parser(prog="coordinator", formatter_class=fmt,
                                      epilog=EPILOGS["main"] + "\n\n" + EXIT_CODES,
                                      description="fleetbench: benchmark exported and compressed vision "
                                                  "models across a fleet of machines")
@@ -122,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     db(q)
     q.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown", "parquet"),
                    help="output format (default: table; parquet needs --output)")
-    q.add_argument("--output", "-o", help="write the rows to this file instead of stdout")
+    q.add_argument("--output", "-o", help="write the rows to this file instead of stdout (a new file, or an "
+                   "existing one with --force; never the --db file, a directory, a device or a symlink)")
+    q.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     nodes = add("nodes", "print the fleet as the agents' probes see it")
     nodes.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
     nodes.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"),
@@ -134,21 +178,22 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--sweep", help="the latest run of this sweep")
     rep.add_argument("--html", help="write a self-contained HTML report with plots to this file")
     rep.add_argument("--md", help="write the tables as Markdown to this file")
-    rep.add_argument("--max-f1-drop", type=_percent, default=0.01,
+    rep.add_argument("--max-f1-drop", type=_drop, default=0.01,
                      help="quality bound of the recommendation against eager fp32 (default: 0.01)")
+    rep.add_argument("--force", action="store_true", help="replace --html / --md files that exist")
     rep.add_argument("--quiet", action="store_true", help="write the files only, print nothing")
     best = add("best", "print the recommended configuration: one line per node (and model)")
     db(best)
     which = best.add_mutually_exclusive_group()
     which.add_argument("--run", help="run id (default: the latest run)")
     which.add_argument("--sweep", help="the latest run of this sweep")
-    best.add_argument("--max-f1-drop", type=_percent, default=0.01,
+    best.add_argument("--max-f1-drop", type=_drop, default=0.01,
                       help="largest quality drop against eager fp32: F1, else accuracy, else top-1 "
                            "agreement (default: 0.01)")
-    best.add_argument("--max-size-mb", type=float, help="largest model size on disk (MB)")
+    best.add_argument("--max-size-mb", type=_size_mb, help="largest model size on disk (MB)")
     best.add_argument("--by", choices=("p50", "p99", "throughput"), default="p50",
                       help="what 'fastest' means (default: p50 at the smallest batch size)")
-    best.add_argument("--batch-size", type=int, help="compare this batch size (default: the smallest)")
+    best.add_argument("--batch-size", type=_batch, help="compare this batch size (default: the smallest)")
     runs = add("runs", "list stored runs with their status and counts")
     db(runs)
     cmp = add("compare", "compare two runs of one sweep; exit 1 on a regression")
@@ -157,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     db(cmp)
     cmp.add_argument("--fail-above", type=_percent, default=0.10,
                      help="p50 slow-down that counts, when it is also above the noise (default: 10%%)")
-    cmp.add_argument("--max-f1-drop", type=_percent, default=0.01,
+    cmp.add_argument("--max-f1-drop", type=_drop, default=0.01,
                      help="quality drop that counts (default: 0.01)")
     cmp.add_argument("--all", action="store_true", help="show every configuration, not only the changed ones")
     lg = add("logs", "print the stored traceback and last output lines of a run's failed jobs")
@@ -181,10 +226,14 @@ COMMANDS = ("run", "validate", "query", "nodes", "report", "best", "runs", "comp
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cmd = ""
     try:
-        return globals()[f"_{args.cmd}"](args)
+        args = _parser().parse_args(argv)
+        cmd = args.cmd
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        code = globals()[f"_{cmd}"](args)
+        sys.stdout.flush()   # a failing stdout (/dev/full, a closed pipe) fails here, not at exit
+        return code
     except SweepError as e:
         for line in str(e).splitlines():
             print(f"coordinator: {printable(line)}", file=sys.stderr)
@@ -192,16 +241,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FleetError as e:
         print(f"coordinator: {printable(str(e), keep_newlines=True)}", file=sys.stderr)
         return 1
-    except BrokenPipeError:   # `coordinator schema | head`: the reader left; not an error of ours
-        sys.stderr.close()
-        return EXIT_OK
+    except OSError as e:
+        if e.errno not in _OUTPUT_ERRNOS:
+            raise
+        return _stdout_failed(e)
     except Interrupted as e:
         print(f"coordinator: interrupted by {e.signal_name}; {e.hint or 'rows stored so far are kept'}",
               file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("coordinator: interrupted; rows stored so far are kept (continue with --resume)", file=sys.stderr)
-        return EXIT_SIGINT
+        return _interrupted(cmd)
+    except RuntimeError as e:   # DuckDB's word for a Ctrl-C that came while it ran a statement in this thread
+        if str(e) != "Query interrupted":
+            raise
+        return _interrupted(cmd)
+
+
+def _interrupted(cmd: str) -> int:
+    print("coordinator: interrupted" + ("; rows stored so far are kept (continue with --resume)"
+                                        if cmd == "run" else ""), file=sys.stderr)
+    return EXIT_SIGINT
+
+
+# A write that failed for want of a reader or of space: printing more would fail the same way.
+_OUTPUT_ERRNOS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
+
+
+def _stdout_failed(e: OSError) -> int:
+    """One line for a standard output that cannot be written; what is still buffered goes nowhere."""
+    import os
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the exit's flush of the buffer cannot fail again
+    with contextlib.suppress(OSError, ValueError):
+        print(f"coordinator: cannot write the output: {e.strerror or e}", file=sys.stderr)
+    return 1
 
 
 def _validate(args) -> int:
@@ -255,24 +329,37 @@ def _migrate(args) -> int:
     return 0
 
 
+def _sql_text(data: bytes, where: str) -> str:
+    """SQL bytes as text: UTF-8, and no NUL (a binary file given by mistake), else one line naming `where`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SweepError(f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "give the SQL as UTF-8") from None
+    if "\0" in text:
+        raise SweepError(f"{where}: holds a NUL byte at offset {text.index(chr(0))}: a binary file, not SQL")
+    return text
+
+
 def _read_sql(args) -> str:
     if args.file:
         if args.sql:
             raise SweepError("query: give the SQL either as an argument or with -f, not both")
         try:
-            return Path(args.file).read_text()
+            return _sql_text(Path(args.file).read_bytes(), args.file)
         except OSError as e:
             raise SweepError(f"{args.file}: cannot read the SQL file: {e.strerror}") from None
     if args.sql is not None and args.sql != "-":
-        return args.sql
+        return _sql_text(args.sql.encode("utf-8", "surrogateescape"), "query")
     if sys.stdin.isatty():
         raise SweepError("query: no SQL given (an argument, -f FILE, or on stdin)")
-    return sys.stdin.read()
+    stdin = getattr(sys.stdin, "buffer", None)
+    return _sql_text(stdin.read(), "stdin") if stdin is not None else sys.stdin.read()
 
 
 def _query(args) -> int:
     from fleetbench.coordinator.formats import render
-    from fleetbench.coordinator.report.export import export
+    from fleetbench.coordinator.report.export import check_columns, export
     from fleetbench.coordinator.store import query
     sql = _read_sql(args)
     if not sql.strip():
@@ -280,21 +367,39 @@ def _query(args) -> int:
     if args.format == "parquet" and not args.output:
         raise SweepError("query: --format parquet writes a file: give --output FILE")
     if args.output:
-        from fleetbench.coordinator.report.write import check_writable
-        check_writable(args.output)
+        from fleetbench.coordinator.outputs import check_output
+        check_output(args.output, "--output", force=args.force, db=args.db)
     from fleetbench.shared.errors import StoreError
     try:
         columns, rows = query(args.db, sql)
+    except KeyboardInterrupt:
+        _leave_if_still_querying()
+        import signal
+        raise Interrupted(signal.SIGINT, "the query was stopped, nothing was written") from None
     except StoreError as e:
         if "is busy" in str(e):
             raise
         raise SweepError(str(e)) from None
+    check_columns(columns, args.format)
     if args.output:
         export(columns, rows, args.format, args.output)
         print(f"{args.output}: {len(rows)} row(s), {len(columns)} column(s) ({args.format})", file=sys.stderr)
     else:
         print(render(columns, rows, args.format).rstrip("\n"))
     return 0
+
+
+def _leave_if_still_querying() -> None:
+    """A statement that did not stop when interrupted (Python still converting its rows) is not waited
+    for: the process leaves at once with 130, as a second Ctrl-C would have it (exiting normally
+    under a thread inside DuckDB can abort the process)."""
+    import os
+    import threading
+    if any(t.name == "fleetbench-query" and t.is_alive() for t in threading.enumerate()):
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os.write(2, b"coordinator: interrupted by SIGINT; the query was stopped, nothing was written\n")
+        os._exit(EXIT_SIGINT)
 
 
 def _nodes(args) -> int:
@@ -315,7 +420,13 @@ def _nodes(args) -> int:
 
 def _logs(args) -> int:
     from fleetbench.coordinator.store import read_logs
-    run_id, logs = read_logs(args.db, args.run, args.job)
+    from fleetbench.shared.errors import StoreError
+    try:
+        run_id, logs = read_logs(args.db, args.run, args.job)
+    except StoreError as e:
+        if "is busy" in str(e):
+            raise
+        raise SweepError(str(e)) from None
     if not logs:
         print(printable(f"run {run_id}: no logs stored" + (f" for job {args.job}" if args.job else
                                                             " (no job failed, or the run predates logs)")))
@@ -355,7 +466,7 @@ def _cache(args) -> int:
 def _report(args) -> int:
     from fleetbench.coordinator.report.write import report
     report(args.db, run_id=args.run, sweep=args.sweep, html=args.html, md=args.md,
-           max_drop=args.max_f1_drop, quiet=args.quiet)
+           max_drop=args.max_f1_drop, quiet=args.quiet, force=args.force)
     for path in (args.html, args.md):
         if path:
             print(f"wrote {path}", file=sys.stderr)
@@ -390,6 +501,8 @@ def _runs(args) -> int:
 def _compare(args) -> int:
     from fleetbench.coordinator.report.compare import COLUMNS, cells, compare, is_regression
     from fleetbench.coordinator.report.render_term import print_table
+    if args.run_a == args.run_b:
+        raise SweepError(f"compare: RUN_A and RUN_B are the same run ({args.run_a}); give two different runs")
     lines = compare(args.db, args.run_a, args.run_b, fail_above=args.fail_above, max_drop=args.max_f1_drop)
     if not lines:
         raise SweepError(f"{args.db}: runs {args.run_a} and {args.run_b} share no ok configuration")

@@ -680,6 +680,8 @@ def read_logs(path: PathLike, run: str, job_id: Optional[str] = None) -> tuple[s
         if len(found) != 1:
             raise StoreError(f"{path}: run {run!r}: " + ("no such run" if not found else "ambiguous prefix"))
         run_id = found[0][0]
+        if job_id:
+            _check_job(con, path, run_id, job_id, "logs" in tables)
         if "logs" not in tables:
             return run_id, []
         sql = ("SELECT l.job_id, r.model, r.compression, r.backend, r.device, r.batch_size, r.hostname, "
@@ -696,6 +698,16 @@ def read_logs(path: PathLike, run: str, job_id: Optional[str] = None) -> tuple[s
         raise StoreError(f"{path}: {_first_line(exc)}") from exc
     finally:
         con.close()
+
+
+def _check_job(con, path: Path, run_id: str, job_id: str, have_logs: bool) -> None:
+    """`job_id` (or a prefix) names a job of the run: a result row or a stored log."""
+    sql = "SELECT job_id FROM results WHERE run_id = ? AND starts_with(job_id, ?)"
+    if have_logs:
+        sql += " UNION SELECT job_id FROM logs WHERE run_id = ? AND starts_with(job_id, ?)"
+    if not con.execute(sql + " LIMIT 1", [run_id, job_id] * (2 if have_logs else 1)).fetchall():
+        raise StoreError(f"{path}: run {run_id}: no job {job_id!r} (its jobs: coordinator query "
+                         f"\"SELECT job_id, model, status FROM results WHERE run_id = '{run_id}'\" --db {path})")
 
 
 # -- read-only queries --------------------------------------------------------------------------
@@ -765,19 +777,59 @@ def query(path: PathLike, sql: str) -> tuple[list[str], list[tuple]]:
 
     Returns (column names, rows). Raises StoreError for a missing file, a file busy because a
     coordinator is writing it, a statement that would write, and any DuckDB error (its first line).
+    The statement runs in a thread of its own: the main thread stays free for SIGINT, which interrupts
+    the statement (DuckDB's `interrupt`) and raises KeyboardInterrupt within a moment, whatever the
+    statement is doing.
     """
     path = Path(path)
     _check_read_only(path, sql)
     con = open_read_only(path)
+    done: dict[str, Any] = {}
+    finished = threading.Event()   # not Thread.join: a join cut short by Ctrl-C can mark a live thread dead
+
+    def work() -> None:
+        try:
+            cur = con.execute(sql)
+            done["value"] = ([], []) if cur.description is None else \
+                ([d[0] for d in cur.description], cur.fetchall())
+        except BaseException as exc:   # handed to the caller's thread
+            done["error"] = exc
+        finally:
+            finished.set()
+
     try:
-        cur = con.execute(sql)
-        if cur.description is None:
-            return [], []
-        return [d[0] for d in cur.description], cur.fetchall()
-    except duckdb.Error as exc:
+        threading.Thread(target=work, name="fleetbench-query", daemon=True).start()
+        while not finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        _stop(con, finished)
+        raise
+    con.close()
+    exc = done.get("error")
+    if isinstance(exc, duckdb.Error):
         if "read-only mode" in str(exc):
             raise StoreError(f"{path}: the results database is opened read-only and this "
                              f"statement would write: {_first_line(exc)}") from exc
         raise StoreError(f"{path}: {_first_line(exc)}") from exc
+    if exc is not None:
+        raise exc
+    return done["value"]
+
+
+STOP_WAIT_S = 1.0   # how long an interrupted query may take to stop before the process leaves without it
+
+
+def _stop(con: duckdb.DuckDBPyConnection, finished: threading.Event) -> None:
+    """Interrupt a running statement and close the file once it has stopped; one that does not stop in
+    STOP_WAIT_S is left to the process's exit."""
+    import signal
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None   # a second Ctrl-C changes nothing
+    try:
+        con.interrupt()
+        if finished.wait(STOP_WAIT_S):
+            with contextlib.suppress(duckdb.Error):
+                con.close()
     finally:
-        con.close()
+        if old is not None:
+            signal.signal(signal.SIGINT, old)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from fleetbench.shared.errors import SweepError, one_line
+
 
 def export(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, path: str) -> None:
-    from fleetbench.coordinator.report.write import write_atomic
+    from fleetbench.coordinator.outputs import write_atomic
     if fmt == "parquet":
         write_atomic(path, _parquet(columns, rows))
         return
@@ -13,14 +15,31 @@ def export(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, path
     write_atomic(path, render(columns, rows, fmt))
 
 
+KEYED = ("json", "parquet")   # formats that name each value by its column: two columns of one name would clash
+
+
+def check_columns(columns: Sequence[str], fmt: str) -> None:
+    """A keyed format needs every column name once (JSON would silently keep only the last of two)."""
+    names = list(columns)
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if fmt in KEYED and twice:
+        raise SweepError(f"--format {fmt}: column name(s) {', '.join(map(repr, twice))} given more than once; "
+                         "give each column its own name (AS ...)")
+
+
 def _parquet(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """The rows as one Parquet file; a column Parquet cannot hold is bad input, named, before any write."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     names = list(columns)
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate column names {names}: give each column its own name (AS ...)")
-    table = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(names)}) if rows else \
-        pa.table({c: pa.array([], type=pa.null()) for c in names})
+    check_columns(names, "parquet")
+    arrays = {}
+    for i, c in enumerate(names):
+        try:
+            arrays[c] = pa.array([r[i] for r in rows]) if rows else pa.array([], type=pa.null())
+        except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+            raise SweepError(f"--format parquet: column {c!r} cannot be written to Parquet ({one_line(e, 160)}); "
+                             f"convert it in the SQL, e.g. CAST({c} AS VARCHAR)") from None
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(pa.table(arrays), sink)
     return sink.getvalue().to_pybytes()

@@ -268,6 +268,6 @@ def test_a_failed_job_keeps_its_traceback_for_coordinator_logs(fleet, tmp_path):
     assert "reason: ValueError: Raises refuses input of shape (1, 3, 16, 16)" in shown.stdout
     assert "-- traceback" in shown.stdout and "in _inner" in shown.stdout
     none = cli("logs", "last", "--db", db, "--job", "0000")
-    assert none.stdout.strip() == f"run {row['run_id']}: no logs stored for job 0000"
+    assert none.returncode == 2 and none.stderr.startswith(f"coordinator: {db}: run {row['run_id']}: no job '0000'")
     missing = cli("logs", "nosuchrun", "--db", db)
-    assert missing.returncode == 1 and missing.stderr.strip() == f"coordinator: {db}: run 'nosuchrun': no such run"
+    assert missing.returncode == 2 and missing.stderr.strip() == f"coordinator: {db}: run 'nosuchrun': no such run"

@@ -84,7 +84,7 @@ def test_compare_flags_the_real_regression_not_the_noise(demo_db, capsys):
     assert len(slower) == 1 and "alpha" in slower[0] and "int8-static" in slower[0]
     assert "1 regression(s)" in out
     assert main(["compare", "--db", str(db), first, second, "--fail-above", "60%"]) == 0
-    assert main(["compare", "--db", str(db), first, first]) == 0
+    assert main(["compare", "--db", str(db), first, first]) == 2   # a run compared with itself is refused
 
 
 def test_compare_noise_hides_a_change_within_the_spread(tmp_path):
