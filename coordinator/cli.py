@@ -258,9 +258,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _interrupted(cmd: str) -> int:
-    print("coordinator: interrupted" + ("; rows stored so far are kept (continue with --resume)"
-                                        if cmd == "run" else ""), file=sys.stderr)
+    hint = {"run": "rows stored so far are kept (continue with --resume)",
+            "query": QUERY_STOPPED}.get(cmd, "nothing was written")
+    print(f"coordinator: interrupted by SIGINT; {hint}", file=sys.stderr)
     return EXIT_SIGINT
+
+
+QUERY_STOPPED = "the query was stopped, nothing was written"
 
 
 # A write that failed for want of a reader or of space: printing more would fail the same way.
@@ -375,7 +379,7 @@ def _query(args) -> int:
     except KeyboardInterrupt:
         _leave_if_still_querying()
         import signal
-        raise Interrupted(signal.SIGINT, "the query was stopped, nothing was written") from None
+        raise Interrupted(signal.SIGINT, QUERY_STOPPED) from None
     except StoreError as e:
         if "is busy" in str(e):
             raise
@@ -398,7 +402,7 @@ def _leave_if_still_querying() -> None:
     if any(t.name == "fleetbench-query" and t.is_alive() for t in threading.enumerate()):
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        os.write(2, b"coordinator: interrupted by SIGINT; the query was stopped, nothing was written\n")
+        os.write(2, f"coordinator: interrupted by SIGINT; {QUERY_STOPPED}\n".encode())
         os._exit(EXIT_SIGINT)
 
 
