@@ -83,13 +83,15 @@ def exporter_fingerprint() -> dict[str, Any]:
 
 
 def engine_cache_key(job_id: str, gpu: Mapping[str, Any] | str, trt_version: str, driver: Optional[str],
-                     exporter: Optional[Mapping[str, Any]] = None) -> str:
+                     exporter: Optional[Mapping[str, Any]] = None, model: Optional[str] = None) -> str:
     """The engine-cache key: the job (model, weights, compression, batch...) plus everything an engine is
     specific to: GPU model, compute capability, TensorRT version, driver, and the exporter that wrote
-    its ONNX (fleetbench code hashes, torch/onnx/onnxruntime versions). Readable prefix, hashed rest."""
+    its ONNX (fleetbench code hashes, torch/onnx/onnxruntime versions). `model`: the node's content key of
+    the network the ONNX is exported from (agent/prepare.py `compressed_key`: weights' content, a `python:`
+    model's code, compression), which the job id does not hold. Readable prefix, hashed rest."""
     if isinstance(gpu, str):
         gpu = {"name": gpu}
-    blob = json.dumps({"job": job_id, "gpu": gpu.get("name"), "cc": gpu.get("compute_capability"),
+    blob = json.dumps({"job": job_id, "model": model, "gpu": gpu.get("name"), "cc": gpu.get("compute_capability"),
                        "trt": trt_version, "driver": driver,
                        "exporter": exporter if exporter is not None else exporter_fingerprint()},
                       sort_keys=True).encode()
@@ -156,7 +158,8 @@ class TensorRTBackend(Backend):
         if gpu is None:
             raise Unsupported(f"tensorrt: {reason}")
         version = trt.__version__
-        key = engine_cache_key(ctx.job.job_id, gpu, version, driver, exporter_fingerprint())
+        from fleetbench.agent.prepare import compressed_key
+        key = engine_cache_key(ctx.job.job_id, gpu, version, driver, exporter_fingerprint(), compressed_key(ctx.job))
         made = dict(gpu=gpu["name"], compute_capability=gpu["compute_capability"], tensorrt=version,
                     driver=driver, engine_key=key, onnx=str(onnx_path))
         out = ctx.workdir / "model.engine"

@@ -9,6 +9,7 @@ from threading import current_thread
 import numpy as np
 import pytest
 
+from fleetbench.agent import prepare
 from fleetbench.agent.backends import tensorrt as trt_backend
 from fleetbench.agent.backends.base import Artifact, ExportContext
 from fleetbench.shared.job import Job
@@ -50,8 +51,9 @@ def test_engine_cache_key_changes_with_everything_an_engine_depends_on():
                 trt_backend.engine_cache_key("abc123", {**H200, "name": "NVIDIA L4"}, "11.1.0", "575.57"),
                 trt_backend.engine_cache_key("abc123", {**H200, "compute_capability": "8.9"}, "11.1.0", "575.57"),
                 trt_backend.engine_cache_key("abc123", H200, "10.13.0", "575.57"),
-                trt_backend.engine_cache_key("abc123", H200, "11.1.0", "580.01")]
-    assert len({base, *variants}) == 6
+                trt_backend.engine_cache_key("abc123", H200, "11.1.0", "580.01"),
+                trt_backend.engine_cache_key("abc123", H200, "11.1.0", "575.57", model="other network")]
+    assert len({base, *variants}) == 7
     assert trt_backend.engine_cache_key("j", "NVIDIA L4", "11", None).startswith("j-NVIDIA-L4-trt11-")
 
 
@@ -166,7 +168,8 @@ def test_export_fake_tensorrt_builds_once_then_hits_the_engine_cache(fakes, tmp_
     assert first.files == [tmp_path / "w1" / "model.engine"] and first.main.read_bytes() == b"FAKEPLAN:8,3,32,32"
     assert first.gpu == "NVIDIA H200" and first.compute_capability == "9.0"
     assert first.tensorrt == trt.__version__ and first.driver == "575.57.08"
-    assert first.engine_key == trt_backend.engine_cache_key(j.job_id, H200, trt.__version__, "575.57.08")
+    assert first.engine_key == trt_backend.engine_cache_key(j.job_id, H200, trt.__version__, "575.57.08",
+                                                            model=prepare.compressed_key(j))
     second = be.export(_ctx(tmp_path, j, "w2"))
     assert trt._built == 1 and second.cache_hit is True                  # no second build
     assert second.main.read_bytes() == first.main.read_bytes()

@@ -383,3 +383,14 @@ def test_the_timm_version_is_in_a_timm_models_key(monkeypatch):
     real = prepare._all_versions()
     monkeypatch.setattr(prepare, "_all_versions", lambda: {**real, "timm": "0.0.0-fake"})
     assert real["timm"] and prepare.model_key(job) != before
+
+
+def test_a_tensorrt_engine_key_follows_the_models_code_which_the_job_id_does_not(user_tree):
+    from fleetbench.agent.backends.tensorrt import engine_cache_key
+    write(user_tree / "trtnet.py", MODULE.format(width=8))
+    job = job_of("python:trtnet:net", backend="tensorrt")
+    gpu = {"name": "NVIDIA H200", "compute_capability": "9.0"}   # a key only: no GPU is used
+    before = engine_cache_key(job.job_id, gpu, "11.1.0", "575.57", {}, prepare.compressed_key(job))
+    write(user_tree / "trtnet.py", MODULE.format(width=256))
+    assert job_of("python:trtnet:net", backend="tensorrt").job_id == job.job_id
+    assert engine_cache_key(job.job_id, gpu, "11.1.0", "575.57", {}, prepare.compressed_key(job)) != before
