@@ -39,6 +39,7 @@ class Spec:
     streams: Optional[int]
     eval_x: Path
     evaluate: bool
+    sequential: Any = None   # a race's quality phase: agent/sequential.py Sequential
 
 
 @dataclass
@@ -146,7 +147,8 @@ def _child(folder: Path, status) -> Outcome:
         example = next(batches(np.array(x[: job.batch_size]), job.batch_size))[0]   # a writable copy
         out.ready_at = time.time()
         out.run = run_engine(backend, spec.artifact, job, spec.threads, spec.streams, example,
-                             (lambda: np.load(spec.eval_x)) if spec.evaluate else None, baseline_mb, boundary)
+                             (lambda: np.load(spec.eval_x, mmap_mode="r" if spec.sequential else None))
+                             if spec.evaluate else None, baseline_mb, boundary, spec.sequential)
     except StageError as e:
         out.error = (e.stage, one_line(e))
     except Exception as e:  # noqa: BLE001 - outside a stage: still a row, in the stage it was in

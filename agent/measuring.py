@@ -32,6 +32,7 @@ class EngineRun:
     windows: list[Any] = field(default_factory=list)     # validity.Window, raw
     notes: list[str] = field(default_factory=list)
     pred: Optional[np.ndarray] = None
+    counts: Optional[dict] = None                        # a sequential quality check's (agent/sequential.py)
     stage_s: dict[str, float] = field(default_factory=dict)
     modules: list[str] = field(default_factory=list)   # heavy modules the measuring process had loaded
 
@@ -44,7 +45,7 @@ def throughput_reason(job: Job, backend: Backend) -> Optional[str]:
 
 def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, streams: Optional[int],
                example: np.ndarray, eval_x: Optional[Callable[[], np.ndarray]], baseline_mb: float,
-               stage) -> EngineRun:
+               stage, sequential=None) -> EngineRun:
     """Build the engine, time it, and (when `eval_x` is given) predict the evaluation set with it.
     `stage(name)` is the stage boundary (agent/stages.py). Peak RSS covers build and the timed windows."""
     out = EngineRun()
@@ -72,7 +73,12 @@ def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, str
     if eval_x is not None:
         with stage(Stage.EVALUATE):
             t = time.perf_counter()
-            out.pred = predict(engine.run, eval_x(), job.batch_size, job.model.num_classes)
+            if sequential is None:
+                out.pred = predict(engine.run, eval_x(), job.batch_size, job.model.num_classes)
+            else:   # a race's quality phase: until the bound answers (agent/sequential.py)
+                from fleetbench.agent.sequential import predict_sequential
+                out.pred, out.counts = predict_sequential(engine.run, eval_x(), job.batch_size, sequential,
+                                                                 job.model.num_classes)
             out.stage_s["evaluate"] = time.perf_counter() - t
     out.notes.extend(engine.notes())   # engine-specific notes (placement, caches, VRAM source)
     engine.close()

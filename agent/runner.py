@@ -28,12 +28,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from fleetbench.agent import compress, measure, measureproc, prepare, sizes
+from fleetbench.agent import compress, measure, measureproc, prepare, sequential, sizes
 from fleetbench.agent.backends import Artifact, Backend, ExportContext
 from fleetbench.agent.backends import get as get_backend
 from fleetbench.agent.limits import usable_cpus
 from fleetbench.agent.measuring import EngineRun, run_engine, throughput_reason, timed
 from fleetbench.agent.quality import batches, nonfinite, quality
+from fleetbench.agent.sequential import Sequential
 from fleetbench.agent.stages import Built, Compressed, Efficiency, Exported, Provenance, default_threads, stage, threads_reason
 from fleetbench.shared.errors import StageError, Unsupported, one_line
 from fleetbench.shared.job import RESULT_COLUMNS, SIDE_FIELDS, Job, Result
@@ -173,15 +174,17 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     artifact = _artifact(st, weights, data, example, out)
     _release_memory()
 
-    cached_pred = prepare.stored_predictions(job, backend, threads) if backend.needs_model else None
-    evaluate = backend.needs_model and cached_pred is None
+    scored = backend.needs_model and job.phase != "block"   # a race's timing block is timed only
+    cached_pred = prepare.stored_predictions(job, backend, threads) if scored else None
+    evaluate = scored and cached_pred is None
+    seq = Sequential.for_job(job, ref.pred, data.eval_y) if job.phase == "quality" and evaluate and ref else None
     if backend.cacheable:
         spec = measureproc.Spec(job, measureproc.backend_target(backend), artifact, threads, streams,
-                                data.eval_x_path, evaluate)
+                                data.eval_x_path, evaluate, seq)
         run: EngineRun = measureproc.measure_in_child(spec, workdir, _forward(stage))
     else:
         run = run_engine(backend, artifact, job, threads, streams, example,
-                         (lambda: data.eval_x(mmap=False)) if evaluate else None, baseline_mb, stage)
+                         (lambda: data.eval_x(mmap=seq is not None)) if evaluate else None, baseline_mb, stage, seq)
     for record in run.records:
         out.add(record)
     out.notes.extend(run.notes)
@@ -190,11 +193,13 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     timed_windows, notes = timed(run.windows, job)
     out.add(timed_windows, notes)
     source = None
-    if backend.needs_model and ref is not None:
+    if scored and ref is not None:
         with stage(Stage.EVALUATE):
-            source = _quality(st, data, ref, run.pred, cached_pred, out)
+            source = (_quality(st, data, ref, run.pred, cached_pred, out) if run.counts is None
+                      else _sequential_quality(st, data, ref, run.pred, run.counts, seq, out))
     built = next(r for r in run.records if isinstance(r, Built))
-    out.add(*_efficiency(job, ref.gflops if ref else None, timed_windows.throughput_ips, built.dtype, threads))
+    if job.phase == "full":   # a race's steps skip the node's GEMM peak (its final has it)
+        out.add(*_efficiency(job, ref.gflops if ref else None, timed_windows.throughput_ips, built.dtype, threads))
     st.times["score"] = time.perf_counter() - clock   # figures, verdict, quality and efficiency from the run
     out.add(Provenance(prepare.describe_reuse(st.reuse) or None, source,
                        json.dumps({k: round(v, 4) for k, v in st.times.items()}, sort_keys=True)))
@@ -236,6 +241,21 @@ def _quality(st: _Job, data, ref, pred, cached_pred, out: Outcome) -> str:
     st.reuse["predictions"] = cached_pred is not None
     out.add(quality(pred, data.eval_y, ref.pred))
     return source
+
+
+def _sequential_quality(st: _Job, data, ref, pred, counts: dict, seq: Sequential, out: Outcome) -> str:
+    """Score a race's sequential quality check on the images it saw; its counts are the row's evidence.
+    Predictions of the whole set are kept in the node's cache like a full evaluation's."""
+    n, total = counts["n"], counts["total"]
+    idx = seq.order[:n]
+    labels = data.eval_y
+    out.add(quality(pred, None if labels is None else labels[idx], ref.pred[idx]))
+    out.add(sequential.evidence(counts))
+    if n == total:
+        full = np.empty_like(pred)
+        full[idx] = pred
+        prepare.store_predictions(st.job, st.backend, st.threads, full)
+    return f"sequential: {n} of {total} images in a seeded order (decision {sequential.verdict(counts).decision})"
 
 
 def _forward(stage) -> Callable[[str], None]:

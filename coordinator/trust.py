@@ -17,7 +17,7 @@ from fleetbench.shared.errors import STAGES
 from fleetbench.shared.job import Job, Result
 from fleetbench.shared.vocab import Status
 
-STATUSES = tuple(Status)
+STATUSES = tuple(s for s in Status if s != Status.ELIMINATED)   # only the coordinator eliminates
 
 IDENTITY = ("job_id", "sweep", "model", "compression", "backend", "device", "batch_size", "node_id",
             "hostname", "hw_kind", "host_id", "scenario", "run_id")

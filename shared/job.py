@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec
+from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec, SearchSpec
 from fleetbench.shared.vocab import HwKind, Status
 
 
@@ -31,6 +31,8 @@ class Job:
     host_id: str = ""              # the machine (machine-id): several Ray nodes may share one host
     weights_sha256: Optional[str] = None   # content hash of the checkpoint file, when there is one
     timeout_s: float = 900.0
+    phase: str = "full"            # full | quality (a block, then quality sequentially) | block: a race's step
+    search: Optional[SearchSpec] = None   # the race's rules (phase quality and block)
 
     @property
     def job_id(self) -> str:
@@ -47,6 +49,9 @@ class Job:
             "measure": self.measure.model_dump(mode="json"),
             "node": self.node_key,
         }
+        if self.phase != "full":   # a race's step; a full job keeps the id it has in an exhaustive sweep
+            key["phase"] = self.phase
+            key["search"] = self.search.model_dump(mode="json") if self.search else None
         blob = json.dumps(key, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -128,6 +133,7 @@ class Result:
     reused: Optional[str] = None         # what the job took from the node's cache and what it made there
     quality_from: Optional[str] = None   # evaluated in this job, or predictions reused (and from what)
     notes: Optional[str] = None
+    race: Optional[str] = None           # JSON: a race's evidence (sequential quality counts, the speed test)
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
     samples_ms: Optional[list[float]] = None         # every timed sample in order (all windows): the `samples` table

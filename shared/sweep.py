@@ -220,6 +220,26 @@ class MeasureSpec(_Strict):
         return self
 
 
+class SearchSpec(_Strict):
+    """How a sweep finds its answer (docs/search.md): every job in full, or a race that measures in full
+    only what can still win."""
+
+    strategy: Literal["exhaustive", "race"] = "exhaustive"
+    quality_bound: float = Field(default=0.01, ge=0, le=1)   # the drop `best` accepts (agreement or accuracy)
+    alpha: float = Field(default=0.03, gt=0, lt=0.5)          # error rate of each decision family
+    chunk: int = Field(default=200, gt=0, le=MAX_ITERS)       # images per look of the sequential quality check
+    block_s: float = Field(default=0.5, gt=0, le=MAX_SECONDS)  # one timing block's window
+    min_rounds: int = Field(default=4, ge=2, le=100)
+    max_rounds: int = Field(default=8, ge=2, le=100)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _rounds(self) -> "SearchSpec":
+        if self.max_rounds < self.min_rounds:
+            raise ValueError("max_rounds must be >= min_rounds")
+        return self
+
+
 def _backend(b: str) -> str:
     if b not in REGISTRY:
         raise ValueError(f"unknown backend {b!r}{did_you_mean(b, BACKENDS)} (valid: {', '.join(BACKENDS)})")
@@ -260,6 +280,7 @@ class Sweep(_Strict):
     targets: list[Annotated[str, AfterValidator(_target)]] = Field(default_factory=lambda: ["all"], min_length=1)
     measure: MeasureSpec = MeasureSpec()
     timeout_s: float = Field(default=900.0, gt=0, le=MAX_SECONDS)
+    search: SearchSpec = SearchSpec()
 
     @field_validator("backends", "batch_sizes", "devices", "scenarios", "targets")
     @classmethod

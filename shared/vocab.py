@@ -72,6 +72,7 @@ class Status(StrEnum):
     OK = "ok"
     FAILED = "failed"
     UNSUPPORTED = "unsupported"
+    ELIMINATED = "eliminated"    # left a race (search: race) at quality or speed, with its evidence
 
 
 class HwKind(StrEnum):
