@@ -53,10 +53,7 @@ class Sequential:
         return out
 
 
-def verdict(counts: dict[str, Any]) -> race_stats.QualityVerdict:
-    """The rule applied to stored counts: the agent stops with it, the coordinator decides with it."""
-    return race_stats.quality_verdict(counts["disagree"], counts["n"], counts["total"], counts["bound"],
-                                      counts["alpha"], counts["chunk"], counts.get("worse"), counts.get("better"))
+verdict = race_stats.verdict_of
 
 
 def predict_sequential(run, x: np.ndarray, batch_size: int, seq: Sequential,

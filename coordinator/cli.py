@@ -489,6 +489,8 @@ def _best(args) -> int:
                     + (f", size <= {args.max_size_mb:g} MB" if args.max_size_mb is not None else "")
                     + f", by {args.by}"))
     print_table(table.BEST, [table.best_cells(p, hardware.get(p.node)) for p in picks])
+    from fleetbench.coordinator.report import race_answer
+    race_answer.render(args.db, run.run.run_id)   # a raced run: the winner's tie group, P fastest
     return 0 if any(p.row for p in picks) else 1
 
 

@@ -248,6 +248,9 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
         done = store.done_job_ids(run_id) if resume else set()
         store.put_nodes(run_id, the_plan.nodes)
         jobs = [j for j in the_plan.jobs if j.job_id not in done]
+        if sweep.search.strategy == "race":   # a sequence of plans over these jobs (coordinator/race.py)
+            from fleetbench.coordinator.race import with_search
+            jobs = with_search(jobs, sweep.search)
         print(f"run {run_id}: {the_plan.total} planned, {len(the_plan.unsupported)} unsupported here, "
               f"{len(done)} already ok, {len(jobs)} to run", file=out)
         try:
@@ -310,6 +313,7 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
     from fleetbench.coordinator.dispatch import Dispatcher
     from fleetbench.coordinator.hosts import HostWindows
     from fleetbench.coordinator.interleave import Collector, rounds
+    from fleetbench.coordinator.race import Race, racing
 
     total = len(unsupported) + len(jobs)   # rows to come: one per job (interleaved rounds merge into it)
     windows = HostWindows()
@@ -350,7 +354,12 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
                if any(j.model.name == name for j in jobs)}
     dispatcher = Dispatcher(put, bar.stage, on_log=keep_log)
     try:
-        dispatcher.submit(jobs, weights)
+        if racing(jobs):   # the race decides what runs, plan after plan, from what is stored
+            the_race = Race(store, run_id, jobs, put)
+            dispatcher.on_result = the_race.arrived
+            the_race.start(lambda some: dispatcher.submit(some, weights))
+        else:
+            dispatcher.submit(jobs, weights)
         dispatcher.drain()
     except BaseException:   # interrupted: nothing of this run keeps running on the nodes
         dispatcher.cancel_all()

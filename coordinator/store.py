@@ -40,6 +40,7 @@ from typing import Any, Iterable, Optional, Union
 
 import duckdb
 
+from fleetbench.coordinator import race
 from fleetbench.coordinator.report import views
 from fleetbench.shared.errors import StoreError
 from fleetbench.shared.job import RESULT_COLUMNS, NodeProfile, Result
@@ -199,9 +200,9 @@ def _to_timestamp(value: Any) -> Optional[dt.datetime]:
     return stamp
 
 
-SCHEMA_VERSION = 4   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
+SCHEMA_VERSION = 5   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
 # 2: `meta`, `logs`; 3: validity columns, `samples`, nodes.host_id, the `comparison_all` view;
-# 4: results.stage_s, reused, quality_from
+# 4: results.stage_s, reused, quality_from; 5: results.race, `race_blocks` (search: race)
 APPLICATION = "fleetbench"
 _OWN_TABLES = frozenset({"sweeps", "nodes", "results"})
 _SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
@@ -531,6 +532,7 @@ class Store:
         con.execute("ALTER TABLE nodes ADD COLUMN IF NOT EXISTS host_id VARCHAR")
         con.execute(_LOGS_DDL)
         con.execute(_SAMPLES_DDL)
+        con.execute(race.BLOCKS_DDL)
         con.execute(f"CREATE TABLE IF NOT EXISTS results (\n    {cols},\n"
                           f"    PRIMARY KEY ({', '.join(_RESULT_KEY)}))")
         have = {row[0] for row in con.execute(

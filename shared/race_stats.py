@@ -171,6 +171,13 @@ def quality_verdict(disagree: int, n: int, total: int, bound: float = 0.01, alph
     return QualityVerdict(decision, n, drop, low, high)
 
 
+def verdict_of(counts: Mapping) -> QualityVerdict:
+    """The rule applied to a sequential check's stored counts (agent/sequential.py writes them): the
+    agent stops with it, the coordinator decides with it."""
+    return quality_verdict(counts["disagree"], counts["n"], counts["total"], counts["bound"], counts["alpha"],
+                           counts["chunk"], counts.get("worse"), counts.get("better"))
+
+
 def seeded_order(total: int, seed: int) -> np.ndarray:
     """The fixed order in which a sequential check visits the evaluation set."""
     return np.random.default_rng(seed).permutation(total)

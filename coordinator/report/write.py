@@ -17,6 +17,8 @@ def report(db: str, run_id: Optional[str] = None, sweep: Optional[str] = None, h
     rep = compose.compose(data.load(db, run_id, sweep), max_drop=max_drop)
     if not quiet:
         render_term.render(rep, file=out or sys.stdout)
+        from fleetbench.coordinator.report import race_answer
+        race_answer.render(db, rep.data.run.run_id, out or sys.stdout)   # a raced run's own tables
     if md:
         write_atomic(md, render_md.render(rep))
     if html:
