@@ -195,7 +195,7 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     source = None
     if scored and ref is not None:
         with stage(Stage.EVALUATE):
-            source = (_quality(st, data, ref, run.pred, cached_pred, out) if run.counts is None
+            source = (_quality(st, data, ref, run.pred, cached_pred, out) if run.counts is None or seq is None
                       else _sequential_quality(st, data, ref, run.pred, run.counts, seq, out))
     built = next(r for r in run.records if isinstance(r, Built))
     if job.phase == "full":   # a race's steps skip the node's GEMM peak (its final has it)

@@ -346,3 +346,77 @@ def test_resume_after_the_coordinator_is_killed_runs_only_what_is_missing(fleet,
             assert r["started_at"] == before[r["job_id"]]["started_at"]
     assert len({r["run_id"] for r in after}) == 1
     assert_one_at_a_time_per_node(after)
+
+
+def _blocks_so_far(db: Path) -> int:
+    """race_blocks rows stored so far (0 while the coordinator holds the file)."""
+    from fleetbench.coordinator.store import query
+    from fleetbench.shared.errors import StoreError
+    try:
+        return query(db, "SELECT count(*) FROM race_blocks")[1][0][0]
+    except StoreError:
+        return 0
+
+
+def test_a_race_on_two_nodes_is_killed_mid_race_and_resumed_to_its_answer(fleet, tmp_path, monkeypatch):
+    """search: race on the demo model over both nodes: quality steps, timing rounds, finals; the
+    coordinator is killed mid-race and --resume finishes it from the stored blocks, re-running none."""
+    from fleetbench.coordinator.report import race_answer
+    from fleetbench.coordinator.report.data import connect
+    from fleetbench.coordinator.run import run_sweep
+    sweep = write_sweep(tmp_path / "race.yaml", models=[{**DIGITS, "checkpoint": str(DEMO_CHECKPOINT)}],
+                        dataset={"kind": "digits", "limit": 300}, backends=["onnxruntime", "openvino"],
+                        compression=["none", "int8-dynamic"], measure={**MEASURE, "min_duration_s": 0.05},
+                        search={"strategy": "race", "block_s": 0.05, "chunk": 100, "min_rounds": 2,
+                                "max_rounds": 3, "quality_bound": 0.05})
+    db = tmp_path / "r.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.cli", "run", str(sweep), "--db", str(db),
+                             "--address", fleet.address], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and _blocks_so_far(db) < 5:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the race ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    before = {(r["config_id"], r["round"]): r["finished_at"] for r in rows(db, "SELECT * FROM race_blocks")}
+    assert len(before) >= 5
+
+    monkeypatch.setenv("RAY_ADDRESS", fleet.address)
+    run_sweep(str(sweep), db=str(db), resume=True, progress=False)
+    got = rows(db)
+    assert len(got) == 8 and len({r["run_id"] for r in got}) == 1      # 2 nodes x 2 backends x 2 compressions
+    assert {r["status"] for r in got} <= {"ok", "eliminated", "unsupported"}, [r["error"] for r in got]
+    blocks = rows(db, "SELECT * FROM race_blocks")
+    for key, finished in before.items():     # what ran before the kill was kept, not run again
+        assert [b["finished_at"] for b in blocks if (b["config_id"], b["round"]) == key] == [finished]
+    for r in got:
+        mine = sorted((b for b in blocks if b["config_id"] == r["job_id"]), key=lambda b: b["round"])
+        if r["status"] == "unsupported":
+            continue
+        assert mine[0]["phase"] == "quality" and json.loads(mine[0]["evidence"])["n"] >= 100
+        assert all(b["samples_ms"] for b in mine if b["phase"] != "final")
+        if r["status"] == "eliminated":   # its evidence, and the blocks it ran
+            assert r["stage"] in ("quality", "speed") and r["error"].startswith(("slower than", "quality outside"))
+        else:
+            assert mine[-1]["phase"] == "final" and r["latency_p50_ms"] > 0
+    by_node = {n: [r for r in got if r["node_id"] == n] for n in {r["node_id"] for r in got}}
+    assert len(by_node) == 2 and all(any(r["status"] == "ok" for r in mine) for mine in by_node.values())
+    con = connect(db)
+    try:
+        summary, answer = race_answer.tables(con, got[0]["run_id"])
+    finally:
+        con.close()
+    assert sorted(row[0] for row in summary) == ["n-cpu", "n-intel"]
+    raced = {b["config_id"] for b in blocks}
+    ids = node_ids(fleet)
+    for row in summary:   # raced, out at quality, out at speed, measured in full
+        mine = [r for r in by_node[ids[row[0]]] if r["job_id"] in raced]
+        assert int(row[1]) == len(mine) and int(row[4]) == sum(r["status"] == "ok" for r in mine)
+        assert int(row[2]) + int(row[3]) == sum(r["status"] == "eliminated" for r in mine)
+    assert len(answer) == 2 and all(row[3] in row[4] for row in answer)   # the winner heads its tie group
