@@ -16,7 +16,7 @@ from typing import Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fleetbench.shared.errors import FleetError
+from fleetbench.shared.errors import ClusterError
 from fleetbench.shared.job import NodeProfile
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def connect(address: Optional[str] = None) -> str:
         try:
             ray.init(address=address, **common)
         except Exception as e:
-            raise FleetError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
+            raise ClusterError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
         _tighten_token()
         return address
     try:
@@ -47,7 +47,7 @@ def connect(address: Optional[str] = None) -> str:
                  _temp_dir=str(private_temp()), _system_config={"worker_niceness": 0}, **common)
     except Exception as e:
         from fleetbench.shared.errors import one_line
-        raise FleetError(f"cannot start the embedded Ray cluster ({one_line(e)}); check free space in the "
+        raise ClusterError(f"cannot start the embedded Ray cluster ({one_line(e)}); check free space in the "
                          "temp folder and the file-size limit (ulimit -f)") from e
     _start_reaper()
     _tighten_token()
@@ -62,7 +62,7 @@ def private_temp() -> Path:
     parent.mkdir(mode=0o700, exist_ok=True)
     st = os.lstat(parent)
     if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
-        raise FleetError(f"{parent}: Ray temp folder is not a folder of this user; remove it or set TMPDIR")
+        raise ClusterError(f"{parent}: Ray temp folder is not a folder of this user; remove it or set TMPDIR")
     os.chmod(parent, 0o700)
     return parent / "embedded"
 

@@ -16,8 +16,8 @@ import ray
 from fleetbench.agent.cache import KINDS
 from fleetbench.coordinator import cluster
 from fleetbench.coordinator.plan import dataset_folder, plan
+from fleetbench.coordinator.run import SweepLike
 from fleetbench.shared.job import Job
-from fleetbench.shared.sweep import load_sweep
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
@@ -33,15 +33,18 @@ def _plan_on_node(jobs: list[Job]) -> list[list[tuple[str, str, bool]]]:
     return out
 
 
-def dry_run(sweep_path: str, address: Optional[str] = None, out=None) -> dict:
-    """Print the plan per node: measurements, and preparations needed (distinct) and already cached."""
+def dry_run(sweep_path: SweepLike, address: Optional[str] = None, out=None) -> dict:
+    """Print the plan per node: measurements, and preparations needed (distinct) and already cached.
+
+    `sweep_path`: a sweep file, a dict or a Sweep (coordinator.run.read_sweep)."""
     out = out or sys.stdout
-    from fleetbench.coordinator.run import _payload, check_inputs
-    sweep = load_sweep(sweep_path)
-    files = check_inputs(sweep, Path(sweep_path))
+    from fleetbench.coordinator.run import _payload, check_inputs, read_sweep
+    source = read_sweep(sweep_path)
+    sweep = source.sweep
+    files = check_inputs(sweep, Path(source.origin), source.base)
     hashes = {name: hashlib.sha256(_payload(path)).hexdigest() for name, path in files.items()}
     if sweep.dataset.kind == "imagefolder":
-        path = str(dataset_folder(sweep.dataset, Path(sweep_path).parent))
+        path = str(dataset_folder(sweep.dataset, source.base))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     where = cluster.connect(address)
     try:

@@ -11,23 +11,50 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.plan import checkpoint_path, dataset_folder, plan
 from fleetbench.coordinator.report import fleet_table
 from fleetbench.shared.errors import Interrupted, StoreError, SweepError, printable
 from fleetbench.shared.job import Result
-from fleetbench.shared.sweep import Sweep, load_sweep
+from fleetbench.shared.sweep import Sweep, load_sweep, parse_sweep
 
 log = logging.getLogger(__name__)
 
 
-def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
-    """Local files the sweep names must exist before anything starts; returns model name -> file to ship."""
+SweepLike = Union[str, os.PathLike, dict, Sweep]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A sweep as given: validated, the name its errors carry, and the folder its relative paths start from."""
+    sweep: Sweep
+    origin: str                 # the file, else "sweep" (a dict or a Sweep object)
+    base: Path                  # relative checkpoint, source and dataset paths start here
+    path: Optional[Path] = None  # the file it was read from, if any
+
+
+def read_sweep(sweep: SweepLike, origin: str = "sweep") -> Source:
+    """A path (read and validated), a dict (validated) or a Sweep; relative paths of a dict or Sweep
+    start at the working directory. Raises SweepError listing every problem."""
+    if isinstance(sweep, Sweep):
+        return Source(sweep, origin, Path.cwd())
+    if isinstance(sweep, dict):
+        return Source(parse_sweep(sweep, origin), origin, Path.cwd())
+    if isinstance(sweep, (str, os.PathLike)):
+        return Source(load_sweep(sweep), str(sweep), Path(sweep).parent, Path(sweep))
+    raise SweepError(f"{origin}: expected a path to a sweep file, a dict or a Sweep, got {type(sweep).__name__}")
+
+
+def check_inputs(sweep: Sweep, sweep_path: Path, base: Optional[Path] = None) -> dict[str, Path]:
+    """Local files the sweep names must exist before anything starts; returns model name -> file to ship.
+
+    Errors start with `sweep_path`; relative paths start at `base` (default: the sweep file's folder)."""
+    base = sweep_path.parent if base is None else base
     files = {}
     for i, m in enumerate(sweep.models):
-        path = checkpoint_path(m.checkpoint, m.source, sweep_path.parent)
+        path = checkpoint_path(m.checkpoint, m.source, base)
         if path is None:
             continue
         field = "checkpoint" if m.checkpoint else "source"
@@ -36,7 +63,7 @@ def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
         files[m.name] = path
     ds = sweep.dataset
     if ds.kind == "imagefolder":
-        folder = dataset_folder(ds, sweep_path.parent)
+        folder = dataset_folder(ds, base)
         if not folder.is_dir():
             raise SweepError(f"{sweep_path}: dataset.path: {ds.path}: no such directory")
         classes = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -48,14 +75,14 @@ def check_inputs(sweep: Sweep, sweep_path: Path) -> dict[str, Path]:
     return files
 
 
-def dataset_notes(sweep: Sweep, sweep_path: Path) -> list[str]:
+def dataset_notes(sweep: Sweep, sweep_path: Path, base: Optional[Path] = None) -> list[str]:
     """What the dataset will really be, where it is not what the sweep says (a limit above its size); an
     image folder with images of fewer than two classes is refused (SweepError naming dataset.path)."""
     from fleetbench.agent.data import eval_size, limit_note
     from fleetbench.shared.errors import StageError
     ds = sweep.dataset
     if ds.kind == "imagefolder":
-        ds = ds.model_copy(update={"path": str(dataset_folder(ds, sweep_path.parent))})
+        ds = ds.model_copy(update={"path": str(dataset_folder(ds, sweep_path.parent if base is None else base))})
     elif ds.limit is None:
         return []
     try:
@@ -84,6 +111,7 @@ def check_cache() -> None:
 class Checked:
     """A sweep and everything about it that was checked before the fleet starts."""
     sweep: Sweep
+    source: Source
     files: dict[str, Path] = field(default_factory=dict)
     payloads: dict[str, bytes] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)
@@ -103,16 +131,18 @@ def check_file_size_limit() -> None:
                          "(ulimit -f unlimited)")
 
 
-def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -> Checked:
+def preflight(sweep_path: SweepLike, db: Optional[str] = None, resume: bool = False) -> Checked:
     """Every check that needs no fleet, in the order a user would fix them; raises SweepError.
 
     `run` and `validate` both call this, so `validate` passes exactly what `run` accepts up to the
     fleet (a target matching no node is found when the fleet is known: `validate --address`).
+    `sweep_path` may also be a dict or a Sweep (see `read_sweep`).
     """
-    sweep = load_sweep(sweep_path)
-    files = check_inputs(sweep, Path(sweep_path))
-    notes = dataset_notes(sweep, Path(sweep_path))
-    fields = {m.name: f"{sweep_path}: models[{i}].{'checkpoint' if m.checkpoint else 'source'}"
+    source = read_sweep(sweep_path)
+    sweep = source.sweep
+    files = check_inputs(sweep, Path(source.origin), source.base)
+    notes = dataset_notes(sweep, Path(source.origin), source.base)
+    fields = {m.name: f"{source.origin}: models[{i}].{'checkpoint' if m.checkpoint else 'source'}"
               for i, m in enumerate(sweep.models)}
     payloads = {name: _payload(path, fields[name]) for name, path in files.items()}   # before Ray starts
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
@@ -120,7 +150,7 @@ def preflight(sweep_path: str, db: Optional[str] = None, resume: bool = False) -
     check_file_size_limit()
     if db is not None:
         check_db(db, sweep.name if resume else None)
-    return Checked(sweep, files, payloads, hashes, notes)
+    return Checked(sweep, source, files, payloads, hashes, notes)
 
 
 def check_db(db: str, resume_sweep: Optional[str] = None) -> None:
@@ -160,10 +190,16 @@ def _payload(path: Path, where: str = "") -> bytes:
                          f"({one_line(e)})") from None
 
 
-def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str] = None,
+class RunCounts(Counter):
+    """The rows of one run by status; `run_id` names the run."""
+    run_id: str = ""
+
+
+def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Optional[str] = None,
               resume: bool = False, progress: bool = True, out=None,
-              interleaved: bool = False) -> Optional[Counter]:
-    """Run a sweep and return the count of rows by status. Bad input raises SweepError before any write.
+              interleaved: bool = False, resume_hint: Optional[str] = None) -> RunCounts:
+    """Run a sweep (a file, a dict or a Sweep) and return the count of rows by status. Bad input raises
+    SweepError before any write.
 
     SIGINT or SIGTERM cancels the in-flight jobs, marks the run `interrupted`, stops the embedded Ray
     and raises Interrupted (finished rows are kept; --resume runs the rest).
@@ -176,9 +212,9 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     for note in checked.notes:
-        print(f"{sweep_path}: {note}", file=out)
+        print(f"{checked.source.origin}: {note}", file=out)
     if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
-        path = str(dataset_folder(sweep.dataset, Path(sweep_path).parent))
+        path = str(dataset_folder(sweep.dataset, checked.source.base))
         sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     with interruptible() as signals:
         try:
@@ -188,8 +224,8 @@ def run_sweep(sweep_path: str, db: str = "results.duckdb", address: Optional[str
                                   interleaved)
         except KeyboardInterrupt as e:
             stop = signals.interrupted(e)
-            stop.hint = (f"rows stored so far are kept in {db}; run the missing jobs with: "
-                         f"coordinator run {sweep_path} --db {db} --resume")
+            again = resume_hint or f"coordinator run {checked.source.origin} --db {db} --resume"
+            stop.hint = f"rows stored so far are kept in {db}; run the missing jobs with: {again}"
             raise stop from None
         finally:
             cluster.disconnect()   # stops the embedded Ray this process started
@@ -235,7 +271,7 @@ def interruptible():
 
 
 def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals,
-                   interleaved: bool = False) -> Counter:
+                   interleaved: bool = False) -> RunCounts:
     from fleetbench.coordinator import cluster
     from fleetbench.coordinator.store import Store
     profiles = cluster.discover()
@@ -265,19 +301,35 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
         store.finish_run(run_id, "done")
     _report(db, run_id, out)
     print(", ".join(f"{n} {k}" for k, n in counts.items() if n), file=out)
-    return counts
+    result = RunCounts(counts)
+    result.run_id = run_id
+    return result
+
+
+def in_notebook() -> bool:
+    """True in a Jupyter kernel that can show a widget progress bar (ipywidgets installed)."""
+    import importlib.util
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return (shell is not None and "IPKernelApp" in shell.config
+            and importlib.util.find_spec("ipywidgets") is not None)
 
 
 class Progress:
-    """A bar on a terminal; in a CI log (not a terminal) one line per finished job. Names the node, counts statuses."""
+    """A bar on a terminal or in a notebook; in a CI log (not a terminal) one line per finished job.
+    Names the node, counts statuses."""
 
     def __init__(self, total: int, names: dict[str, str], enabled: bool, stream=None):
-        from tqdm import tqdm
         self.stream = stream or sys.stderr
         self.names, self.total, self.done = names, total, 0
         self.counts: Counter = Counter()
-        self.lines = enabled and not (hasattr(self.stream, "isatty") and self.stream.isatty())
-        self.bar = tqdm(total=total, disable=not enabled or self.lines, unit="job", file=self.stream,
+        notebook = enabled and in_notebook()
+        if notebook:
+            from tqdm.notebook import tqdm as make_bar  # the widget bar in a Jupyter kernel
+        else:
+            from tqdm import tqdm as make_bar
+        self.lines = enabled and not notebook and not (hasattr(self.stream, "isatty") and self.stream.isatty())
+        self.bar = make_bar(total=total, disable=not enabled or self.lines, unit="job", file=self.stream,
                         dynamic_ncols=True)
 
     def _tally(self) -> str:

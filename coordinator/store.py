@@ -783,7 +783,24 @@ def query(path: PathLike, sql: str) -> tuple[list[str], list[tuple]]:
     the statement (DuckDB's `interrupt`) and raises KeyboardInterrupt within a moment, whatever the
     statement is doing.
     """
-    path = Path(path)
+    def rows(con) -> tuple[list[str], list[tuple]]:
+        cur = con.execute(sql)
+        return ([], []) if cur.description is None else ([d[0] for d in cur.description], cur.fetchall())
+    return _read(Path(path), sql, rows)
+
+
+def query_arrow(path: PathLike, sql: str, params: Optional[list] = None):
+    """`query`'s checks, errors and Ctrl-C, with the rows as a typed pyarrow Table (`params` bind `?`s)."""
+    import pyarrow as pa
+
+    def table(con):
+        rel = con.sql(sql, params=params)
+        return pa.table({}) if rel is None else rel.to_arrow_table()
+    return _read(Path(path), sql, table)
+
+
+def _read(path: Path, sql: str, fetch: typing.Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+    """`fetch(con)` on a read-only connection, in a thread of its own (see `query`)."""
     _check_read_only(path, sql)
     con = open_read_only(path)
     done: dict[str, Any] = {}
@@ -791,9 +808,7 @@ def query(path: PathLike, sql: str) -> tuple[list[str], list[tuple]]:
 
     def work() -> None:
         try:
-            cur = con.execute(sql)
-            done["value"] = ([], []) if cur.description is None else \
-                ([d[0] for d in cur.description], cur.fetchall())
+            done["value"] = fetch(con)
         except BaseException as exc:   # handed to the caller's thread
             done["error"] = exc
         finally:

@@ -7,15 +7,27 @@ STAGES = tuple(Stage)
 
 
 class FleetError(Exception):
-    """Base class of every error fleetbench raises on purpose."""
+    """Base class of every error fleetbench raises on purpose.
+
+    Each kind of refusal is one subclass; the Python API raises it and the command line prints its
+    message (one line per problem) and exits with its `exit_code`."""
+
+    exit_code = 1
 
 
 class SweepError(FleetError):
-    """A sweep file (or CLI input) is invalid; the message names the file and field."""
+    """Input refused before anything ran (a sweep file or dict, flags, --db, model or dataset files);
+    the message has one line per problem, each naming the file or flag and the field."""
+
+    exit_code = 2
 
 
 class StoreError(FleetError):
-    """The results database cannot be opened or queried."""
+    """The results database cannot be opened or queried (busy: a coordinator is writing it)."""
+
+
+class ClusterError(FleetError):
+    """The fleet cannot be used: the Ray cluster cannot be joined or the embedded one cannot start."""
 
 
 class Unsupported(FleetError):

@@ -4,7 +4,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"agent": "fleetbench.agent", "shared": "fleetbench.shared", "coordinator": "fleetbench.coordinator"}
+PACKAGES = {"agent": "fleetbench.agent", "shared": "fleetbench.shared", "coordinator": "fleetbench.coordinator",
+            "fleetbench_api": "fleetbench"}
 
 
 def modules() -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""The wheel installs under one import name: no top-level `agent`, `shared` or `coordinator`."""
+"""The wheel installs under one import name: no top-level `agent`, `shared` or `coordinator`; the
+`fleetbench` package itself (the Python API) comes from fleetbench_api/."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOPS = ("agent", "shared", "coordinator")
+TOPS = {"agent": "fleetbench.agent", "shared": "fleetbench.shared", "coordinator": "fleetbench.coordinator",
+        "fleetbench_api": "fleetbench"}
 
 
 def _config() -> dict:
@@ -17,8 +19,8 @@ def _config() -> dict:
 
 def test_every_package_folder_is_listed():
     listed = set(_config()["packages"])
-    found = {"fleetbench." + p.parent.relative_to(ROOT).as_posix().replace("/", ".")
-             for top in TOPS for p in (ROOT / top).rglob("__init__.py")}
+    found = {".".join([name, *p.parent.relative_to(ROOT / top).parts])
+             for top, name in TOPS.items() for p in (ROOT / top).rglob("__init__.py")}
     assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
 
 
@@ -32,3 +34,12 @@ def test_wheel_has_only_the_fleetbench_namespace(tmp_path):
     assert "fleetbench/agent/runner.py" in names
     assert "fleetbench/shared/job.py" in names
     assert "fleetbench/coordinator/cli.py" in names
+    assert "fleetbench/__init__.py" in names
+
+
+def test_import_fleetbench_starts_nothing_heavy():
+    """`import fleetbench` is cheap: Ray, torch, DuckDB and pandas load when a sweep runs or rows are read."""
+    code = ("import sys, fleetbench; assert callable(fleetbench.run) and callable(fleetbench.open); "
+            "print(sorted(m for m in ('ray', 'torch', 'duckdb', 'pandas', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.strip() == "[]", out.stdout
