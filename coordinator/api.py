@@ -43,7 +43,8 @@ _ORDER = "run_id, node, model, batch_size, backend, device, compression <> 'none
 
 
 def run(sweep: SweepLike, db: PathLike = DEFAULT_DB, address: Optional[str] = None, resume: bool = False, *,
-        progress: bool = True, out: Optional[TextIO] = None, interleaved: bool = False) -> Results:
+        progress: bool = True, out: Optional[TextIO] = None, interleaved: bool = False,
+        resume_hint: Optional[str] = None) -> Results:
     """Run a sweep on the fleet and store its rows in `db`; returns the handle of the new run.
 
     `sweep` is a sweep file's path, a dict of the same shape, or a `Sweep`; a dict's relative paths
@@ -51,6 +52,8 @@ def run(sweep: SweepLike, db: PathLike = DEFAULT_DB, address: Optional[str] = No
     embedded one-node cluster on 127.0.0.1, stopped at the end). `resume` continues the sweep's
     latest run in `db`, skipping jobs already ok. `progress` shows a bar (a widget in Jupyter);
     `out` receives the text the command line prints (fleet table, report), by default nothing.
+    `interleaved`: with `measure.repeats` N > 1, each node runs its jobs in N rounds (A B C A B C ...).
+    `resume_hint`: how the interruption message says to continue (default: with resume=True).
 
     >>> res = fleetbench.run({"name": "demo", "models": [{"name": "digits", "source": "timm:test_resnet",
     ...     "checkpoint": "examples/digits/model.safetensors", "num_classes": 10, "input_size": [3, 32, 32]}],
@@ -59,7 +62,7 @@ def run(sweep: SweepLike, db: PathLike = DEFAULT_DB, address: Optional[str] = No
     RunCounts({'ok': 2, ...})
     """
     from fleetbench.coordinator.run import run_sweep
-    hint = None if isinstance(sweep, (str, os.PathLike)) else "fleetbench.run(..., resume=True)"
+    hint = resume_hint or f"fleetbench.run({_arg(sweep)}, db={os.fspath(db)!r}, resume=True)"
     counts = run_sweep(sweep, db=str(db), address=address, resume=resume, progress=progress,
                        out=out if out is not None else io.StringIO(), interleaved=interleaved, resume_hint=hint)
     return Results(db, run=counts.run_id, counts=counts)
@@ -71,7 +74,7 @@ def open(db: PathLike = DEFAULT_DB, run: Optional[str] = None) -> Results:  # no
     Raises SweepError when the file is missing or not a fleetbench database, or `run` is not in it.
     """
     from fleetbench.coordinator.report import data
-    con = data.connect(db)
+    con = data.connect(Path(db))
     try:
         if run is not None:
             data.resolve_run(con, Path(db), run)
@@ -87,7 +90,7 @@ def read_query(db: PathLike, sql: str, arrow: bool = False) -> Any:
     if not sql.strip():
         raise SweepError("query: empty SQL statement")
     try:
-        return store.query_arrow(db, sql) if arrow else store.query(db, sql)
+        return store.query_arrow(Path(db), sql) if arrow else store.query(Path(db), sql)
     except StoreError as e:
         if "is busy" in str(e):
             raise
@@ -184,12 +187,13 @@ class Results:
                                      "quality_change", "verdict", "regression"])
 
     def report(self, html: Optional[PathLike] = None, md: Optional[PathLike] = None, run: Optional[str] = None,
-               max_drop: float = 0.01, out: Optional[TextIO] = None) -> Report:
+               max_drop: float = 0.01, out: Optional[TextIO] = None, force: bool = False) -> Report:
         """The report of `run` (else this handle's run, else the latest), as `coordinator report`
-        makes it: writes `html` and `md` when given, prints the terminal form to `out` when given."""
+        makes it: writes `html` and `md` when given (an existing file only with `force`), prints the
+        terminal form to `out` when given. In Jupyter the returned Report shows inline."""
         from fleetbench.coordinator.report.write import report
         rep = report(str(self.db), run_id=run or self.run_id, html=_str(html), md=_str(md), max_drop=max_drop,
-                     out=out, quiet=out is None)
+                     out=out, quiet=out is None, force=force)
         return Report(rep)
 
     def _repr_html_(self) -> str:
@@ -249,6 +253,10 @@ class Report:
     def _repr_html_(self) -> str:
         return (f'<iframe srcdoc="{escape(self.html, quote=True)}" title="{escape(self.composed.title)}" '
                 'style="width: 100%; height: 720px; border: 1px solid #d0d7de"></iframe>')
+
+
+def _arg(sweep: Any) -> str:
+    return repr(os.fspath(sweep)) if isinstance(sweep, (str, os.PathLike)) else "..."
 
 
 def _str(path: Optional[PathLike]) -> Optional[str]:

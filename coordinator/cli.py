@@ -37,7 +37,9 @@ EPILOGS = {
   coordinator run examples/sweep.yaml
   coordinator run sweep.yaml --db fleet.duckdb --address ray://head:10001
   coordinator run sweep.yaml --resume                 skip jobs already ok in the latest run
-  coordinator run sweep.yaml --dry-run                per node: measurements, preparations, what is cached""",
+  coordinator run sweep.yaml --dry-run                per node: measurements, preparations, what is cached
+  coordinator run --model timm:resnet18 --checkpoint w.safetensors --num-classes 10 --input-size 3,32,32 \
+      --compression none,int8-static --batch-sizes 1,8 --save-sweep resnet18.yaml   one model, no YAML to write""",
     "validate": """examples:
   coordinator validate examples/sweep.yaml
   coordinator validate sweep.yaml --db fleet.duckdb --address ray://head:10001""",
@@ -141,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--db", default="results.duckdb", help="DuckDB results file (default: results.duckdb)")
 
     run = add("run", "run a sweep and store its rows", EXIT_CODES)
-    run.add_argument("sweep", help="path to sweep.yaml")
+    run.add_argument("sweep", nargs="?", help="path to sweep.yaml (or describe one model with --model)")
     db(run)
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster)")
     run.add_argument("--resume", action="store_true", help="continue the sweep's latest run: skip jobs already ok")
@@ -151,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
                           "one timed window per round, so the machine's drift hits every job alike")
     run.add_argument("--dry-run", action="store_true", help="print the plan per node (measurements, and the "
                      "preparations they need and which are already cached) and run nothing")
+    from fleetbench.coordinator import flags
+    flags.add_arguments(run)
     val = add("validate", "check a sweep file and everything `run` checks before the fleet starts")
     val.add_argument("sweep", help="path to sweep.yaml")
     val.add_argument("--db", default="results.duckdb", help="results file `run` would write (checked, not written)")
@@ -234,13 +238,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         code = globals()[f"_{cmd}"](args)
         sys.stdout.flush()   # a failing stdout (/dev/full, a closed pipe) fails here, not at exit
         return code
-    except SweepError as e:
+    except SweepError as e:   # each kind of refusal is one type with its exit code (shared/errors.py)
         for line in str(e).splitlines():
             print(f"coordinator: {printable(line)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return e.exit_code
     except FleetError as e:
         print(f"coordinator: {printable(str(e), keep_newlines=True)}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except OSError as e:
         if e.errno not in _OUTPUT_ERRNOS:
             raise
@@ -362,9 +366,9 @@ def _read_sql(args) -> str:
 
 
 def _query(args) -> int:
+    from fleetbench.coordinator.api import read_query
     from fleetbench.coordinator.formats import render
     from fleetbench.coordinator.report.export import check_columns, export
-    from fleetbench.coordinator.store import query
     sql = _read_sql(args)
     if not sql.strip():
         raise SweepError("query: empty SQL statement")
@@ -373,17 +377,12 @@ def _query(args) -> int:
     if args.output:
         from fleetbench.coordinator.outputs import check_output
         check_output(args.output, "--output", force=args.force, db=args.db)
-    from fleetbench.shared.errors import StoreError
     try:
-        columns, rows = query(args.db, sql)
+        columns, rows = read_query(args.db, sql)
     except KeyboardInterrupt:
         _leave_if_still_querying()
         import signal
         raise Interrupted(signal.SIGINT, QUERY_STOPPED) from None
-    except StoreError as e:
-        if "is busy" in str(e):
-            raise
-        raise SweepError(str(e)) from None
     check_columns(columns, args.format)
     if args.output:
         export(columns, rows, args.format, args.output)
@@ -524,17 +523,39 @@ def _compare(args) -> int:
 
 
 def _run(args) -> int:
-    if args.dry_run:
-        from fleetbench.coordinator.dryrun import dry_run
-        dry_run(args.sweep, address=args.address)
-        return EXIT_OK
-    from fleetbench.coordinator.run import run_sweep
-    summary = run_sweep(args.sweep, db=args.db, address=args.address, resume=args.resume,
-                        progress=not args.no_progress, interleaved=args.repeat_interleaved)
-    if summary is None:
-        return EXIT_FAILED_ROWS
-    return EXIT_FAILED_ROWS if summary.get("failed") else EXIT_OK
+    from fleetbench.coordinator import api, flags
+    sweep = args.sweep
+    if args.model is None:
+        if sweep is None:
+            raise SweepError("run: give a sweep file, or one model with --model (see coordinator run --help)")
+        if flags.given(args):
+            raise SweepError(f"run: {', '.join(flags.given(args))}: only with --model (the sweep file {sweep} "
+                             "describes the models)")
+    elif sweep is not None:
+        raise SweepError(f"run: give either a sweep file ({sweep}) or --model, not both")
+    else:
+        flags.check_save(args)
+        sweep = flags.build(args)
+    with flags.named_errors() if args.model else contextlib.nullcontext():
+        if args.dry_run:
+            from fleetbench.coordinator.dryrun import dry_run
+            dry_run(sweep, address=args.address)
+            return EXIT_OK
+        if args.model is not None and args.save_sweep:
+            from fleetbench.coordinator.run import preflight
+            preflight(sweep, db=args.db, resume=args.resume)   # refused input writes nothing
+            flags.save(args, args.save_sweep)
+            print(f"wrote {args.save_sweep} (run it again with: coordinator run {args.save_sweep})", file=sys.stderr)
+        res = api.run(sweep, db=args.db, address=args.address, resume=args.resume, progress=not args.no_progress,
+                      out=sys.stdout, interleaved=args.repeat_interleaved, resume_hint=_again(args))
+    return EXIT_FAILED_ROWS if res.counts and res.counts.get("failed") else EXIT_OK
 
+
+def _again(args) -> str:
+    """The command that continues this run."""
+    from fleetbench.coordinator import flags
+    what = args.sweep or args.save_sweep or " ".join(flags.command(args))
+    return f"coordinator run {what} --db {args.db} --resume"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,7 +43,7 @@ def read_sweep(sweep: SweepLike, origin: str = "sweep") -> Source:
     if isinstance(sweep, dict):
         return Source(parse_sweep(sweep, origin), origin, Path.cwd())
     if isinstance(sweep, (str, os.PathLike)):
-        return Source(load_sweep(sweep), str(sweep), Path(sweep).parent, Path(sweep))
+        return Source(load_sweep(os.fspath(sweep)), os.fspath(sweep), Path(sweep).parent, Path(sweep))
     raise SweepError(f"{origin}: expected a path to a sweep file, a dict or a Sweep, got {type(sweep).__name__}")
 
 
