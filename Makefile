@@ -33,7 +33,7 @@ test: install browser
 
 # ruff (style, imports, bugs, complexity bound), mypy, and no block of 6+ repeated lines in the packages.
 lint: install
-	$(BIN)/ruff check agent shared coordinator tests bench scripts
+	$(BIN)/ruff check agent shared coordinator fleetbench_api tests bench scripts
 	$(BIN)/python scripts/typecheck.py   # as installed: fleetbench.agent, ... (types cross packages)
 	$(BIN)/python -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --score=n agent shared coordinator bench
 
