@@ -16,10 +16,12 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
 import os
+import pkgutil
 import site
 import sys
 import sysconfig
@@ -87,24 +89,48 @@ def _wanted(name: str) -> bool:
 
 def _find(name: str, specs: dict[str, Any]) -> Any:
     """The module's spec as the import system would find it, without importing its parent packages."""
-    if name in specs:
-        return specs[name]
-    parent, _, _ = name.rpartition(".")
-    path = None
-    if parent:
-        pspec = _find(parent, specs)
-        path = list(pspec.submodule_search_locations or []) if pspec is not None else None
-    spec = None
-    if not parent or path:
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            try:
-                spec = find(name, path) if find is not None else None
-            except (ImportError, ValueError, TypeError, AttributeError):
-                spec = None
-            if spec is not None:
-                break
-    specs[name] = spec
+    if name not in specs:
+        parent, _, _ = name.rpartition(".")
+        if not parent:
+            specs[name] = _top_level(name)
+        else:
+            pspec = _find(parent, specs)
+            locations = list(pspec.submodule_search_locations or []) if pspec is not None else []
+            specs[name] = _search(name, locations) if locations else None
+    return specs[name]
+
+
+def _top_level(name: str) -> Any:
+    for finder in sys.meta_path:   # editable installs have finders of their own
+        find = getattr(finder, "find_spec", None)
+        try:
+            spec = find(name, None) if find is not None else None
+        except Exception:  # noqa: BLE001 - a third-party finder's failure is "not found"
+            spec = None
+        if spec is not None:
+            return spec
+    return None
+
+
+def _search(name: str, locations: list[str]) -> Any:
+    """A submodule in its package's folders: the path finder's search without its namespace-package
+    bookkeeping, which needs the parent imported."""
+    portions: list[str] = []
+    for folder in locations:
+        finder = pkgutil.get_importer(folder)
+        find = getattr(finder, "find_spec", None)
+        try:
+            spec = find(name) if find is not None else None
+        except Exception:  # noqa: BLE001 - an unreadable folder is "not found"
+            spec = None
+        if spec is not None and spec.loader is not None:
+            return spec
+        if spec is not None:
+            portions.extend(spec.submodule_search_locations or [])
+    if not portions:
+        return None
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = portions
     return spec
 
 
@@ -128,9 +154,14 @@ def _distributions() -> Mapping[str, list[str]]:
 
 
 def _version(top: str) -> Optional[str]:
-    names = _distributions().get(top) or []
+    """The installed version of the distribution that provides module `top` (its own name first: scanning
+    every distribution for the others takes a second or two, once per process)."""
+    try:
+        return f"{top}=={importlib.metadata.version(top)}"
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        pass
     versions = []
-    for dist in sorted(set(names)):
+    for dist in sorted(set(_distributions().get(top) or [])):
         try:
             versions.append(f"{dist}=={importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:

@@ -394,3 +394,14 @@ def test_a_tensorrt_engine_key_follows_the_models_code_which_the_job_id_does_not
     write(user_tree / "trtnet.py", MODULE.format(width=256))
     assert job_of("python:trtnet:net", backend="tensorrt").job_id == job.job_id
     assert engine_cache_key(job.job_id, gpu, "11.1.0", "575.57", {}, prepare.compressed_key(job)) != before
+
+
+def test_a_model_in_a_namespace_package_nobody_imported_yet_is_keyed(user_tree):
+    write(user_tree / "nsroot" / "deep" / "m.py", "from nsroot.deep import helper\n\ndef net(num_classes=10):\n"
+                                                  "    pass\n")
+    write(user_tree / "nsroot" / "deep" / "helper.py", "X = 1\n")     # no __init__.py anywhere: namespaces
+    job = job_of("python:nsroot.deep.m:net")
+    before = prepare.model_key(job)
+    assert "nsroot" not in sys.modules
+    write(user_tree / "nsroot" / "deep" / "helper.py", "X = 2\n")
+    assert prepare.model_key(job) != before
