@@ -15,6 +15,7 @@ another machine can never carry this one's name.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -72,15 +73,22 @@ def report_tables(db: Path) -> str:
     return "\n\n".join(parts)
 
 
-def produce(fig: Figure, label: str) -> str:
+def produce(fig: Figure, label: str, from_db: Optional[Path] = None) -> str:
+    """Run the figure's sweep (or take the latest run stored in `from_db`) and draw its table, labelled."""
     from fleetbench.coordinator.run import run_sweep
     from fleetbench.coordinator.store import query
     with tempfile.TemporaryDirectory(prefix="readme-figures-") as tmp:
-        db = Path(tmp) / "figures.duckdb"
-        counts = run_sweep(str(ROOT / fig.sweep), db=str(db), progress=False, out=sys.stderr)
+        db = from_db or Path(tmp) / "figures.duckdb"
+        load = os.getloadavg()[0]
+        if from_db is None:
+            run_sweep(str(ROOT / fig.sweep), db=str(db), progress=False, out=sys.stderr)
+            load = max(load, os.getloadavg()[0])
         body = report_tables(db) if fig.sql is None else markdown(*query(db, fig.sql))
-    status = ", ".join(f"{n} {s}" for s, n in sorted((counts or {}).items()))
-    return (f"Machine: {label}. Command: `coordinator run {fig.sweep}` ({status}), then "
+        _, counts = query(db, "SELECT status, count(*) FROM results WHERE run_id = (SELECT max(run_id) FROM results) "
+                              "GROUP BY status ORDER BY status")
+    status = ", ".join(f"{n} {s}" for s, n in counts)
+    loaded = f"; 1-minute load average up to {load:.1f}" if from_db is None else ""
+    return (f"Machine: {label}{loaded}. Command: `coordinator run {fig.sweep}` ({status}), then "
             f"`make readme-figures` (scripts/readme_figures.py) for this table.\n\n{body}")
 
 
@@ -95,12 +103,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="figure names (default: all)")
     ap.add_argument("--dry-run", action="store_true", help="print the tables, leave the pages alone")
+    ap.add_argument("--from-db", type=Path, help="with one --only figure: its latest run in this results file "
+                    "(made by the figure's own command), instead of running the sweep again")
     args = ap.parse_args(argv)
+    if args.from_db and len(args.only or []) != 1:
+        ap.error("--from-db needs exactly one --only figure")
     label = machine_label()
     for fig in FIGURES:
         if args.only and fig.name not in args.only:
             continue
-        body = produce(fig, label)
+        body = produce(fig, label, args.from_db)
         print(f"--- {fig.name} ({fig.doc})\n{body}\n")
         page = ROOT / fig.doc
         text = replace(page.read_text(), fig.name, body, fig.doc)

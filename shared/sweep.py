@@ -25,7 +25,7 @@ SOURCE_SCHEMES = ("timm", "python", "onnx")
 DATASET_KINDS = ("digits", "imagefolder", "synthetic")
 HW_KINDS = tuple(k.value for k in HwKind)
 
-# Documented bounds (also in the JSON Schema and the README's sweep reference).
+# Documented bounds (also in the JSON Schema and docs/sweep.md).
 MAX_BATCH = 4096
 MAX_CLASSES = 100_000
 MAX_SIDE = 8192

@@ -35,6 +35,10 @@ def test_the_demo_figure_is_the_reports_recommendation_and_course_table(tmp_path
     with Store(tmp_path / "r.duckdb") as store:
         write_run(store)
     text = figures.report_tables(tmp_path / "r.duckdb")
+    demo = next(f for f in figures.FIGURES if f.name == "demo")
+    labelled = figures.produce(demo, "M", from_db=tmp_path / "r.duckdb")   # the run stored, not a new one
+    assert labelled.startswith("Machine: M. Command: `coordinator run examples/sweep.yaml` (2 failed, 10 ok)")
+    assert labelled.endswith(text)
     best, *courses = text.split("\n\n")
     assert best.startswith("| node | hardware | model | bs | configuration |") and best.count("\n") == 3   # 2 nodes
     assert len(courses) == 2 and all(c.startswith("| compression | backend |") for c in courses)

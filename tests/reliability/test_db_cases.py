@@ -436,7 +436,7 @@ def test_validate_without_address_says_targets_are_unchecked(tmp_path, sweep, ca
 
 
 def test_bad_db_refused_fast_without_ray(tmp_path, sweep):
-    """The figure for the README: `coordinator run` to the refusal of a bad database, in a fresh process."""
+    """The figure for docs/reliability.md: `coordinator run` to the refusal of a bad database, in a fresh process."""
     db = foreign_db(tmp_path / "r.duckdb")
     code = ("import sys, time; t = time.perf_counter(); from fleetbench.coordinator.cli import main; "
             f"rc = main(['run', {str(sweep)!r}, '--db', {str(db)!r}]); "
