@@ -15,7 +15,6 @@ another machine can never carry this one's name.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
@@ -66,10 +65,12 @@ def report_tables(db: Path) -> str:
     from fleetbench.coordinator.report import table
     from fleetbench.coordinator.report.compose import compose
     from fleetbench.coordinator.report.data import load
-    from fleetbench.coordinator.report.render_md import md_table
+    from fleetbench.coordinator.report.render_md import md_table, md_text
     rep = compose(load(db))
     parts = [md_table(table.BEST, rep.best_rows)]
-    parts += [md_table(table.COURSE[:-1] + ("mark",), rows) for s in rep.sections for _model, rows in s.tables]
+    for s in rep.sections:
+        parts += [f"**{md_text(s.warning)}**"] if s.warning else []
+        parts += [md_table(table.COURSE[:-1] + ("mark",), rows) for _model, rows in s.tables]
     return "\n\n".join(parts)
 
 
@@ -79,15 +80,14 @@ def produce(fig: Figure, label: str, from_db: Optional[Path] = None) -> str:
     from fleetbench.coordinator.store import query
     with tempfile.TemporaryDirectory(prefix="readme-figures-") as tmp:
         db = from_db or Path(tmp) / "figures.duckdb"
-        load = os.getloadavg()[0]
         if from_db is None:
             run_sweep(str(ROOT / fig.sweep), db=str(db), progress=False, out=sys.stderr)
-            load = max(load, os.getloadavg()[0])
         body = report_tables(db) if fig.sql is None else markdown(*query(db, fig.sql))
-        _, counts = query(db, "SELECT status, count(*) FROM results WHERE run_id = (SELECT max(run_id) FROM results) "
-                              "GROUP BY status ORDER BY status")
+        latest = "FROM results WHERE run_id = (SELECT max(run_id) FROM results)"
+        _, counts = query(db, f"SELECT status, count(*) {latest} GROUP BY status ORDER BY status")
+        _, [(busy,)] = query(db, f"SELECT max(other_cpu_cores) {latest}")
     status = ", ".join(f"{n} {s}" for s, n in counts)
-    loaded = f"; 1-minute load average up to {load:.1f}" if from_db is None else ""
+    loaded = f"; other processes used up to {busy:.2f} cores during the timed windows" if busy is not None else ""
     return (f"Machine: {label}{loaded}. Command: `coordinator run {fig.sweep}` ({status}), then "
             f"`make readme-figures` (scripts/readme_figures.py) for this table.\n\n{body}")
 

@@ -64,14 +64,24 @@ def _hardware_of(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _kind(reason: str) -> str:
+    """A validity reason without its figures: `cv 31% > 15%` -> `cv`, `p99 from 50 samples ...` -> `p99 from`."""
+    words = reason.split()
+    kept = words[:1]
+    for w in words[1:]:
+        if w.startswith("(") or re.search(r"\d", w):
+            break
+        kept.append(w)
+    return " ".join(kept)
+
+
 def all_invalid(rows: list[dict[str, Any]]) -> str:
     """For a node whose ok rows were all judged invalid: how many, the reasons counted by kind, one in full."""
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok or any(r.get("valid") is not False for r in ok):
         return ""
     reasons = [" ".join((r.get("validity") or "no reason recorded").split()) for r in ok]
-    kinds = Counter(re.split(r"[\d(]", part, maxsplit=1)[0].strip() or part
-                    for reason in reasons for part in {p.strip() for p in reason.split(";")})
+    kinds = Counter(_kind(part) for reason in reasons for part in {p.strip() for p in reason.split(";")})
     counted = ", ".join(f"{kind} ({n} of {len(ok)})" for kind, n in kinds.most_common())
     return (f"Every measured row of this node ({len(ok)}) was judged invalid, so it has no recommendation and "
             f"no plot: {counted}. For example: {reasons[0]}")

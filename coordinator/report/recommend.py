@@ -70,7 +70,9 @@ def best(rows: Iterable[dict[str, Any]], max_drop: float = 0.01, max_size_mb: Op
         if bs is not None:
             ok = [r for r in ok if r["batch_size"] == bs]
         if not ok:
-            picks.append(Pick(node, model, bs, None, f"no ok row with {metric}"))
+            invalid = sum(r.get("status") == "ok" and not _usable(r) for r in members)
+            picks.append(Pick(node, model, bs, None, f"no valid ok row with {metric}"
+                              + (f" ({invalid} ok row(s) judged invalid)" if invalid else "")))
             continue
         judged = [r for r in ok if _num(r.get("quality_drop")) is not None]
         if not judged:

@@ -86,7 +86,8 @@ def render(rep: Report, plots: list[tuple[str, str]]) -> str:
               "(SQL: <code>SELECT * FROM hardware</code>).</p>",
               html_table(rep.hardware_columns, rep.hardware_rows, "hardware"), "<h2>Plots</h2>"]
     parts += [f'<figure class="plot"><figcaption>{escape(title)}</figcaption>{svg}</figure>'
-              for title, svg in plots]
+              for title, svg in plots] or ['<p class="note">No plot: plots draw the ok rows judged valid, '
+                                           "and this run has none.</p>"]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(rep.title)}</title><style>{CSS}</style></head><body>\n"

@@ -47,3 +47,12 @@ def test_a_demo_whose_compression_changed_nothing_fails_the_check(tmp_path, caps
                         ("cluster-32", "onnxruntime", 1.0, 0.99, 1.5, {})])
     assert demo_check.main(["--db", str(db), "--sweep", "demo"]) == 1
     assert "1 compressed row(s) of sweep 'demo'" in capsys.readouterr().err
+
+
+def test_a_report_with_no_valid_row_says_why_instead_of_drawing_nothing(tmp_path):
+    from fleetbench.coordinator.report import compose, data, plots, render_html
+    db = _db(tmp_path, [("none", "onnxruntime", 1.0, 0.99, 1.5, {"valid": False, "validity": "cv 40% > 15%"})])
+    rep = compose.compose(data.load(db))
+    page = render_html.render(rep, plots.all_plots(rep.data.rows, rep.front, rep.data.samples))
+    assert "Every measured row of this node (1) was judged invalid" in page and "cv (1 of 1)" in page
+    assert "No plot: plots draw the ok rows judged valid" in page and "<figure" not in page

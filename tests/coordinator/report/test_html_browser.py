@@ -107,7 +107,8 @@ def test_report_html_in_headless_chromium(demo_db, tmp_path):
             assert {c[1] for c in CONFIGS} <= set(labels), caption
     beta = html[html.index(">beta — "):]
     assert beta.index('<p class="warning">Every measured row of this node (5) was judged invalid') < beta.index("<table")
-    assert "other processes used (5 of 5)" in beta
+    assert "other processes used (5 of 5)" in beta and "cv (5 of 5)" in beta
+    assert "no valid ok row with latency_p50_ms (5 ok row(s) judged invalid)" in html   # beta's recommendation
     for plot in probe["plots"]:
         assert plot["w"] > 300 and plot["h"] > 100 and plot["marks"] > 20, plot
     assert probe["width"] <= probe["client"] <= 1280, "the page scrolls sideways at 1280 px"
