@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -148,29 +149,37 @@ def preflight(sweep_path: SweepLike, db: Optional[str] = None, resume: bool = Fa
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
     check_cache()
     check_file_size_limit()
+    if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
+        path = str(dataset_folder(sweep.dataset, source.base))
+        sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     if db is not None:
-        check_db(db, sweep.name if resume else None)
+        check_db(db, (sweep, hashes, source.origin) if resume else None)
     return Checked(sweep, source, files, payloads, hashes, notes)
 
 
-def check_db(db: str, resume_sweep: Optional[str] = None) -> None:
-    """The results database can be written (new, empty, this version or an older one to migrate)."""
+def check_db(db: str, resume: Optional[tuple[Sweep, dict[str, str], str]] = None) -> None:
+    """The results database can be written (new, empty, this version or an older one to migrate); with
+    `resume` (the sweep, its files' hashes, its path), its latest run of that sweep has the same spec."""
     from fleetbench.coordinator import store
+    from fleetbench.coordinator.spec import check_same
     try:
         version = store.inspect(db, for_write=True)
-        if resume_sweep is None:
+        if resume is None:
             return
+        sweep, hashes, sweep_path = resume
+        none = SweepError(f"--resume: {db} has no earlier run of sweep {sweep.name!r}; "
+                          "nothing to resume (run without --resume to start one)")
         if version == 0:
-            raise SweepError(f"--resume: {db} has no earlier run of sweep {resume_sweep!r}; "
-                             "nothing to resume (run without --resume to start one)")
+            raise none
         con = store._connect(Path(db), read_only=True)
         try:
-            found = con.execute("SELECT count(*) FROM sweeps WHERE sweep = ?", [resume_sweep]).fetchone()[0]
+            latest = con.execute("SELECT run_id, spec FROM sweeps WHERE sweep = ? "
+                                 "ORDER BY started_at DESC, run_id DESC LIMIT 1", [sweep.name]).fetchall()
         finally:
             con.close()
-        if not found:
-            raise SweepError(f"--resume: {db} has no earlier run of sweep {resume_sweep!r}; "
-                             "nothing to resume (run without --resume to start one)")
+        if not latest:
+            raise none
+        check_same(latest[0][0], latest[0][1], sweep, hashes, sweep_path)
     except StoreError as e:
         raise SweepError(f"--db {e}") from None
 
@@ -213,9 +222,6 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     for note in checked.notes:
         print(f"{checked.source.origin}: {note}", file=out)
-    if sweep.dataset.kind == "imagefolder":  # agents get an absolute path (the folder must exist on each node)
-        path = str(dataset_folder(sweep.dataset, checked.source.base))
-        sweep = sweep.model_copy(update={"dataset": sweep.dataset.model_copy(update={"path": path})})
     with interruptible() as signals:
         try:
             where = cluster.connect(address)
@@ -224,7 +230,8 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
                                   interleaved)
         except KeyboardInterrupt as e:
             stop = signals.interrupted(e)
-            again = resume_hint or f"coordinator run {checked.source.origin} --db {db} --resume"
+            again = resume_hint or (f"coordinator run {shlex.quote(str(checked.source.origin))} "
+                                    f"--db {shlex.quote(str(db))} --resume")
             stop.hint = f"rows stored so far are kept in {db}; run the missing jobs with: {again}"
             raise stop from None
         finally:
@@ -273,6 +280,7 @@ def interruptible():
 def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals,
                    interleaved: bool = False) -> RunCounts:
     from fleetbench.coordinator import cluster
+    from fleetbench.coordinator.spec import spec_json
     from fleetbench.coordinator.store import Store
     profiles = cluster.discover()
     print(f"fleet ({where}): {len(profiles)} node(s)", file=out)
@@ -280,7 +288,7 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
     the_plan = plan(sweep, profiles, hashes)
     with Store(db) as store:
         run_id = store.latest_run(sweep.name) if resume else None
-        run_id = run_id or store.start_run(sweep.name, sweep.model_dump_json(), where)
+        run_id = run_id or store.start_run(sweep.name, spec_json(sweep, hashes), where)
         done = store.done_job_ids(run_id) if resume else set()
         store.put_nodes(run_id, the_plan.nodes)
         jobs = [j for j in the_plan.jobs if j.job_id not in done]
