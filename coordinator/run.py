@@ -145,7 +145,9 @@ def preflight(sweep_path: SweepLike, db: Optional[str] = None, resume: bool = Fa
     notes = dataset_notes(sweep, Path(source.origin), source.base)
     fields = {m.name: f"{source.origin}: models[{i}].{'checkpoint' if m.checkpoint else 'source'}"
               for i, m in enumerate(sweep.models)}
-    payloads = {name: _payload(path, fields[name]) for name, path in files.items()}   # before Ray starts
+    onnx = {m.name for m in sweep.models if m.scheme == "onnx" and not m.checkpoint}
+    payloads = {name: _payload(path, fields[name], name in onnx or None)   # before Ray starts
+                for name, path in files.items()}
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in payloads.items()}
     check_cache()
     check_file_size_limit()
@@ -184,19 +186,26 @@ def check_db(db: str, resume: Optional[tuple[Sweep, dict[str, str], str]] = None
         raise SweepError(f"--db {e}") from None
 
 
-def _payload(path: Path, where: str = "") -> bytes:
+def _payload(path: Path, where: str = "", is_onnx: Optional[bool] = None) -> bytes:
     """The bytes shipped to agents: the file itself, or for ONNX the model with its external data inlined
-    (ONNX refuses external data outside the model's folder)."""
+    (ONNX refuses external data outside the model's folder). An ONNX file must hold a graph: protobuf reads
+    an empty file, and many other files, as an empty model."""
     from fleetbench.shared.errors import one_line
     where = f"{where}: " if where else ""
+    is_onnx = path.suffix == ".onnx" if is_onnx is None else is_onnx
     try:
-        if path.suffix != ".onnx":
+        if not is_onnx:
             return path.read_bytes()
         import onnx
-        return onnx.load(str(path)).SerializeToString()
+        model = onnx.load(str(path))
     except Exception as e:
-        raise SweepError(f"{where}{path}: cannot read {'ONNX model' if path.suffix == '.onnx' else 'file'} "
+        raise SweepError(f"{where}{path}: cannot read {'ONNX model' if is_onnx else 'file'} "
                          f"({one_line(e)})") from None
+    if not model.graph.node or not model.graph.output:
+        size = path.stat().st_size
+        raise SweepError(f"{where}{path}: not an ONNX model: it holds no graph "
+                         f"({'an empty file' if size == 0 else f'{size:,} bytes'})")
+    return model.SerializeToString()
 
 
 class RunCounts(Counter):

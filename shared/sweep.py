@@ -108,6 +108,15 @@ class DatasetSpec(_Strict):
         return self
 
 
+def exact(x: float) -> str:
+    """The shortest text that reads back as exactly `x`, without an exponent: 50.0 -> '50',
+    99.9999999 -> '99.9999999' (never '100'), 1e-09 -> '0.000000001'."""
+    import decimal
+    short = f"{x:g}"
+    text = short if float(short) == x else repr(x)
+    return format(decimal.Decimal(repr(x)), "f") if "e" in text else text
+
+
 def _params() -> dict[str, Optional[str]]:
     """Method name -> the parameter it takes, read from the one method table each time."""
     return {name: info.param for name, info in METHODS.items()}
@@ -152,7 +161,7 @@ class CompressionSpec(_Strict):
         if self.layers != "all" and need is None:
             raise ValueError(f"{self.method} does not take layers (only prune, prune-channels and cluster do)")
         if self.percent is not None and not 0 < self.percent < 100:
-            raise ValueError(f"percent must be in (0, 100), got {self.percent:g}")
+            raise ValueError(f"percent must be in (0, 100), got {exact(self.percent)}")
         if self.clusters is not None and not 2 <= self.clusters <= 65536:
             raise ValueError(f"clusters must be in [2, 65536], got {self.clusters}")
         return self
@@ -161,7 +170,7 @@ class CompressionSpec(_Strict):
     def name(self) -> str:
         base = self.method
         if self.percent is not None:
-            base += f"-{self.percent:g}"
+            base += f"-{exact(self.percent)}"   # the name is the value: two percents, two names
         if self.clusters is not None:
             base += f"-{self.clusters}"
         if self.layers != "all":

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fleetbench.agent.compress.cluster import layer_kind
+from fleetbench.shared.sweep import exact
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def apply_prune(model, spec, calib_x: np.ndarray):
     """The `prune` method: global L1 unstructured pruning, made permanent."""
     from fleetbench.agent.compress import ModelChange, layers_word
     achieved, n = prune_unstructured(model, spec.percent, spec.layers)
-    return ModelChange(model, [f"prune {spec.percent:g}% (global L1, unstructured) over {n} "
+    return ModelChange(model, [f"prune {exact(spec.percent)}% (global L1, unstructured) over {n} "
                                f"{layers_word(spec.layers)} layers: sparsity {achieved:.3f}"], sparsity=achieved)
 
 
@@ -118,7 +119,7 @@ def apply_prune_channels(model, spec, calib_x: np.ndarray):
     model = prune_channels(model, spec.percent, example, spec.layers)
     after = count_params(model)
     n_bn = recalibrate_batchnorm(model, calib_x)
-    return ModelChange(model, [f"prune-channels {spec.percent:g}% (torch-pruning, L1 magnitude, classifier kept): "
+    return ModelChange(model, [f"prune-channels {exact(spec.percent)}% (torch-pruning, L1 magnitude, classifier kept): "
                                f"params {before:,} -> {after:,} ({after / before:.2f}x)"
                                + (f"; {n_bn} BatchNorm statistics re-estimated on {len(calib_x)} calibration images"
                                   if n_bn else "") + "; no fine-tuning"])
