@@ -553,9 +553,12 @@ def _run(args) -> int:
 
 def _again(args) -> str:
     """The command that continues this run."""
+    import shlex
+
     from fleetbench.coordinator import flags
-    what = args.sweep or args.save_sweep or " ".join(flags.command(args))
-    return f"coordinator run {what} --db {args.db} --resume"
+    file = args.sweep or args.save_sweep
+    what = shlex.quote(file) if file else shlex.join(flags.command(args))   # pasted into a shell as it is
+    return f"coordinator run {what} --db {shlex.quote(args.db)} --resume"
 
 if __name__ == "__main__":
     sys.exit(main())
