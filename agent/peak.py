@@ -40,14 +40,14 @@ def gemm_gflops(dtype: str, threads: int, device: str = "cpu", n: int = 1024, se
     """Best GFLOP/s of an n x n matrix multiply over a few short runs (2 n^3 FLOPs each)."""
     import torch
     torch.set_num_threads(threads)
-    dev = "cuda" if device.startswith("cuda") else "cpu"
+    dev = device if device.startswith("cuda") else "cpu"   # cuda:1 is timed on cuda:1, not on device 0
     if dtype == "int8":
         a = torch.randint(-64, 64, (n, n), dtype=torch.int8, device=dev)
         mm = lambda: torch._int_mm(a, a)   # noqa: E731
     else:
         a = torch.randn(n, n, device=dev).to(getattr(torch, DTYPES[dtype]))
         mm = lambda: a @ a   # noqa: E731
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev != "cpu" else (lambda: None)
     mm()
     sync()
     best = 0.0
@@ -74,7 +74,7 @@ def node_peak(dtype: str, threads: int, device: str, max_other_cores: float) -> 
 
     from fleetbench.agent.cache import fingerprint
     node = hashlib.sha256(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
-    key = f"{node}|{device}|{dtype}|{threads}"
+    key = f"{node}|{_device_key(device)}|{dtype}|{threads}"
     path = _cache_file()
     try:
         known = json.loads(path.read_text())
@@ -100,3 +100,13 @@ def node_peak(dtype: str, threads: int, device: str, max_other_cores: float) -> 
     except OSError as e:
         log.warning("cannot cache the GEMM peak in %s: %s", path, e)
     return peak, []
+
+
+def _device_key(device: str) -> str:
+    """The cache's name for a device: a GPU by its UUID where NVML knows it (cuda:1 is another GPU when
+    CUDA_VISIBLE_DEVICES changes), else the device name."""
+    if not device.startswith("cuda"):
+        return device
+    from fleetbench.agent.gpu import device_index, nvidia_gpu
+    gpu, _, _ = nvidia_gpu(device_index(device))
+    return f"{device}:{gpu['uuid']}" if gpu and gpu.get("uuid") else device

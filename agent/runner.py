@@ -199,7 +199,8 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
                       else _sequential_quality(st, data, ref, run.pred, run.counts, seq, out))
     built = next(r for r in run.records if isinstance(r, Built))
     if job.phase == "full":   # a race's steps skip the node's GEMM peak (its final has it)
-        out.add(*_efficiency(job, ref.gflops if ref else None, timed_windows.throughput_ips, built.dtype, threads))
+        out.add(*_efficiency(job, ref.gflops if ref else None, timed_windows.throughput_ips, built.dtype,
+                             threads * (streams or 1)))
     st.times["score"] = time.perf_counter() - clock   # figures, verdict, quality and efficiency from the run
     out.add(Provenance(prepare.describe_reuse(st.reuse) or None, source,
                        json.dumps({k: round(v, 4) for k, v in st.times.items()}, sort_keys=True)))
@@ -358,7 +359,8 @@ def _compression_info(st: _Job, model, box: dict) -> dict:
 def _efficiency(job: Job, gflops: Optional[float], throughput_ips: float, dtype: str,
                 threads: int) -> tuple[Efficiency, list[str]]:
     """achieved GFLOP/s and its share of this node's GEMM peak for the row's dtype (after the job's
-    own measurement, so the probe never overlaps it)."""
+    own measurement, so the probe never overlaps it). `threads`: all the threads the achieved rate used
+    (every stream's share together), so the peak is measured on as many."""
     if not gflops or not throughput_ips:
         return Efficiency(gflops), []
     achieved = gflops * throughput_ips

@@ -1,5 +1,6 @@
 """FLOPs per item and the node's GEMM peak: counted and measured for real, on the demo model."""
 import json
+import sys
 
 import pytest
 
@@ -7,6 +8,7 @@ from fleetbench.agent import peak
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.sweep import MeasureSpec
 from tests.agent.test_runner import make_job
+from tests.fixtures.fake_gpu import FakeGpu, fake_pynvml
 
 
 def test_flops_of_a_known_layer():
@@ -43,3 +45,26 @@ def test_a_row_shows_its_share_of_the_peak(demo_model_spec, tmp_path, monkeypatc
     assert r.peak_gflops_s > r.achieved_gflops_s        # the GEMM peak is above what a small model reaches
     assert 0 < r.efficiency_pct < 100
     assert (r.energy_j_per_item or 0) > 0 or "energy_j_per_item left empty" in r.notes   # RAPL where readable
+
+
+def test_gpu_peak_is_timed_on_the_rows_device_and_kept_under_that_gpu_fake(tmp_path, monkeypatch):
+    """FAKE GPUs: two NVML devices (tests/fixtures/fake_gpu.py) and torch's CUDA calls recorded; the matrix
+    multiply itself runs on the CPU. A cuda:1 row's peak is timed on cuda:1 and kept under that GPU's UUID."""
+    import torch
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([FakeGpu(uuid="GPU-aaa"), FakeGpu(uuid="GPU-bbb")]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(tmp_path))
+    seen = []
+    randn = torch.randn
+
+    def on_device(*size, device=None, **kw):
+        seen.append(("tensor", str(device)))
+        return randn(*size, **kw)
+
+    monkeypatch.setattr(torch, "randn", on_device)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(("sync", str(device))))
+    got, notes = peak.node_peak("fp32", 1, "cuda:1", max_other_cores=1e9)
+    assert got > 0 and notes == []
+    assert ("tensor", "cuda:1") in seen and {device for _, device in seen} == {"cuda:1"}
+    keys = json.loads((tmp_path / "peaks.json").read_text())
+    assert [k.split("|")[1] for k in keys] == ["cuda:1:GPU-bbb"]
