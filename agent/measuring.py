@@ -18,6 +18,7 @@ import numpy as np
 
 from fleetbench.agent import measure
 from fleetbench.agent.backends import Artifact, Backend, Engine
+from fleetbench.agent.limits import cpu_limits
 from fleetbench.agent.quality import logits, predict
 from fleetbench.agent.stages import Built, Measured, Memory, Timed
 from fleetbench.shared.job import Job
@@ -55,7 +56,9 @@ def run_engine(backend: Backend, artifact: Artifact, job: Job, threads: int, str
         with stage(Stage.BUILD):
             t = time.perf_counter()
             engine = backend.load(artifact, job, threads)
-            out.records.append(Built(time.perf_counter() - t, engine.dtype, engine.threads, engine.provider))
+            allowed = cpu_limits()
+            out.records.append(Built(time.perf_counter() - t, engine.dtype, engine.threads, engine.provider,
+                                     allowed.affinity_list, allowed.quota))
             out.stage_s["build"] = time.perf_counter() - t
         with stage(Stage.MEASURE):
             t = time.perf_counter()

@@ -70,6 +70,8 @@ class Built:
     dtype: str
     threads: Optional[int]
     provider: Optional[str]
+    cpus_allowed: Optional[str] = None   # the CPUs the engine's process could run on, and its CPU quota
+    cpu_quota: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -200,9 +200,10 @@ def _to_timestamp(value: Any) -> Optional[dt.datetime]:
     return stamp
 
 
-SCHEMA_VERSION = 5   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
+SCHEMA_VERSION = 6   # 1: sweeps, nodes, results without `meta` (fleetbench before versioned files)
 # 2: `meta`, `logs`; 3: validity columns, `samples`, nodes.host_id, the `comparison_all` view;
-# 4: results.stage_s, reused, quality_from; 5: results.race, `race_blocks` (search: race)
+# 4: results.stage_s, reused, quality_from; 5: results.race, `race_blocks` (search: race);
+# 6: results.cpus_allowed, cpu_quota
 APPLICATION = "fleetbench"
 _OWN_TABLES = frozenset({"sweeps", "nodes", "results"})
 _SAFE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}

@@ -82,6 +82,8 @@ class Result:
     run_id: Optional[str] = None
     dtype: Optional[str] = None
     threads: Optional[int] = None
+    cpus_allowed: Optional[str] = None               # CPUs the engine's process could run on ("0-3,8": its affinity)
+    cpu_quota: Optional[float] = None                # and its cgroup CPU quota in CPUs (NULL: none)
     provider: Optional[str] = None
     latency_mean_ms: Optional[float] = None
     latency_p50_ms: Optional[float] = None

@@ -1,11 +1,12 @@
 """The throughput scenario: concurrent calls keep the engine busy; items/s over wall time."""
+import os
 import re
 import threading
 import time
 
 import pytest
 
-from fleetbench.agent import measure
+from fleetbench.agent import limits, measure, peak
 from fleetbench.agent.runner import run_job
 from fleetbench.shared.sweep import MeasureSpec
 from tests.agent.test_runner import make_job
@@ -33,11 +34,18 @@ def test_concurrent_loop_keeps_several_calls_in_flight():
         measure.concurrent_loop(boom, spec, streams=2)
 
 
-def test_throughput_row_for_onnxruntime_and_unsupported_elsewhere(demo_model_spec):
+def test_throughput_row_for_onnxruntime_and_unsupported_elsewhere(demo_model_spec, monkeypatch):
     spec = MeasureSpec(warmup_iters=2, min_iters=50, min_duration_s=0.5, max_duration_s=10, threads=2, streams=2)
+    probed = []
+    node_peak = peak.node_peak
+    monkeypatch.setattr(peak, "node_peak", lambda dtype, threads, *a: probed.append(threads) or node_peak(dtype, threads, *a))
     r = run_job(make_job(demo_model_spec, spec, backend="onnxruntime", batch_size=4, scenario="throughput"))
     assert r.status == "ok", r.error
     assert (r.scenario, r.streams, r.threads) == ("throughput", 2, 1)   # 2 threads shared by 2 streams
+    # the achieved rate is every stream's: the peak beside it is measured on all their threads, not one stream's
+    assert probed == [2] and r.efficiency_pct == pytest.approx(100 * r.achieved_gflops_s / r.peak_gflops_s)
+    # the CPUs the engine's (measuring) process could use are recorded beside its threads
+    assert (r.cpus_allowed, r.cpu_quota) == (limits.cpu_list(os.sched_getaffinity(0)), limits.cgroup_quota())
     assert r.iterations >= 50 and r.measure_s >= 0.5
     assert r.throughput_ips == pytest.approx(4 * r.iterations / r.measure_s)
     assert r.latency_p50_ms > 0 and r.valid is not None
