@@ -1,17 +1,24 @@
-"""The job process, started by agent/supervise.py in one of two ways:
+"""The job process, forked by a launcher (`python -m fleetbench.agent.jobproc --launcher SOCKET_FD PARENT`)
+that agent/supervise.py starts in one of two ways:
 
-- `python -m fleetbench.agent.jobproc FOLDER FD PARENT`: a fresh interpreter for the job;
-- forked by a warm parent, `python -m fleetbench.agent.jobproc --launcher SOCKET_FD PARENT`, that imported
-  what every job process needs once (fleetbench's runner, numpy, scikit-learn, torch, timm: seconds a job)
-  and forks one job process per request. It is used for jobs whose engine is timed in a measuring process of
-  its own (agent/measureproc.py, a fresh interpreter that loads only its runtime), so what the job process
-  has imported never shows in a timed window or a memory figure. The parent never runs a job, a model or a
-  thread pool of its own; each forked job process starts a session of its own with the job's environment.
+- warm: the launcher imports what every job process needs once (fleetbench's runner, numpy, scikit-learn,
+  torch, timm: seconds a job) and forks one job process per request, for jobs whose engine is timed in a
+  measuring process of its own (agent/measureproc.py, a fresh interpreter that loads only its runtime), so
+  what the job process has imported never shows in a timed window or a memory figure;
+- `--fresh`: a new launcher that imports nothing more and forks one job process (PyTorch eager, TensorRT:
+  timed in the job process, whose memory figures must be a fresh interpreter's), then exits.
+
+Either way the launcher is the job's reaper: a subreaper (PR_SET_CHILD_SUBREAPER), so what the job's
+process tree leaves behind (a `sleep` in the background, a child that called setsid) comes back to it, and
+once the job process has exited it kills all of it before it answers the exit code. It forks only while it
+is safe to (one Python thread, no thread started since its imports, no CUDA context); otherwise it refuses
+and exits, and the supervisor starts a fresh launcher for the job (which has imported nothing to make a
+fork unsafe, and forks at once).
 
 The job reads (job, weights) from FOLDER/job.pkl, runs it (agent.runner.run_job), writes each stage's name
 as a line to file descriptor FD as it begins, and (result, diagnostics) to FOLDER/result.pkl at the end.
 Its stdout and stderr (our log lines and whatever the runtimes print) go to FOLDER/output.log.
-It dies with its parent (PR_SET_PDEATHSIG), so a cancelled task leaves no job running.
+It dies with its launcher, and the launcher with its supervisor (PR_SET_PDEATHSIG).
 """
 from __future__ import annotations
 
@@ -23,19 +30,29 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import traceback
 from pathlib import Path
+from typing import Optional
 
-from fleetbench.agent.childproc import die_with_parent, end_session, finish, normal_priority
+from fleetbench.agent.childproc import (
+    AFFINITY_VARS,
+    become_subreaper,
+    die_with_parent,
+    end_session,
+    finish,
+    kill_descendants,
+    normal_priority,
+    restore_affinity,
+)
 
 PRELOAD = ("fleetbench.agent.runner", "fleetbench.agent.peak", "fleetbench.shared.stats", "sklearn.metrics",
            "torch", "timm")
-MAX_REQUEST = 1 << 20   # one request: the job's folder, working directory and environment
+MAX_REQUEST = 1 << 20   # one request: its id, the job's folder, working directory and environment
 
 
-def main(argv: list[str]) -> int:
-    folder, fd, parent = Path(argv[0]), int(argv[1]), int(argv[2])
-    die_with_parent(parent)
+def run(folder: Path, fd: int) -> int:
+    """In the job process: run the job in FOLDER, its stage names on descriptor FD."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fleetbench.agent.runner import run_job
@@ -50,14 +67,31 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def launcher(sock_fd: int, parent: int) -> int:
-    """The warm parent: import PRELOAD, then for each request (a pickled (folder, cwd, env) with the job's log
-    and stage-pipe descriptors) fork a job process, answer its pid, and once it has exited kill what it left
-    in its session and answer its exit code (as subprocess gives it: -N for signal N)."""
+def fork_unsafe(native_threads: int) -> Optional[str]:
+    """Why forking now could hand the job a broken copy of this process (None: it is safe): another Python
+    thread, a native thread started since the imports (`native_threads` were there then), a CUDA context."""
+    if threading.active_count() > 1:
+        return f"{threading.active_count()} Python threads"
+    now = len(os.listdir("/proc/self/task"))
+    if now > native_threads:
+        return f"{now} threads, {native_threads} after its imports"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "a CUDA context"
+    return None
+
+
+def launcher(sock_fd: int, parent: int, fresh: bool = False) -> int:
+    """The job processes' parent and reaper: for each request (a pickled (id, folder, cwd, env) with the job's
+    log and stage-pipe descriptors) fork a job process and answer ("pid", id, pid); once it has exited, kill
+    everything it left (its session, and what escaped it) and answer ("exit", id, code), code as subprocess
+    gives it (-N: signal N). Where forking is unsafe it answers ("refused", id, why) and exits."""
     die_with_parent(parent)
-    for name in PRELOAD:
+    become_subreaper()
+    for name in () if fresh else PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    native_threads = len(os.listdir("/proc/self/task"))
     sock = socket.socket(fileno=sock_fd)
     while True:
         try:
@@ -66,24 +100,37 @@ def launcher(sock_fd: int, parent: int) -> int:
             return 0
         if not msg:   # the supervisor closed its end
             return 0
-        folder, cwd, env = pickle.loads(msg)
+        request = pickle.loads(msg)
         log_fd, status_fd = fds
+        why = None if fresh else fork_unsafe(native_threads)   # a fresh one has nothing to fall back on
+        if why:
+            sys.stderr.write(f"fleetbench launcher: not forking with {why}; the job gets a fresh interpreter\n")
+            sock.send(pickle.dumps(("refused", request[0], why)))
+            sys.stderr.flush()
+            os._exit(3)   # at once: no teardown of what it imported
+        me = os.getpid()   # the job's parent, as it must still be when the job checks
         pid = os.fork()
         if pid == 0:
-            sock.close()
-            _forked(folder, cwd, env, log_fd, status_fd)
+            _forked(me, sock, request, log_fd, status_fd)
         os.close(log_fd)
         os.close(status_fd)
-        sock.send(pickle.dumps(pid))
+        sock.send(pickle.dumps(("pid", request[0], pid)))
         end_session(pid)
         _, status = os.waitpid(pid, 0)
-        sock.send(pickle.dumps(os.waitstatus_to_exitcode(status)))
+        kill_descendants()   # what escaped the session (setsid, a double fork) came back here as orphans
+        sock.send(pickle.dumps(("exit", request[0], os.waitstatus_to_exitcode(status))))
+        if fresh:
+            return 0
 
 
-def _forked(folder: str, cwd: str, env: dict, log_fd: int, status_fd: int) -> None:
-    """In the forked job process: a session of its own, the job's output, directory and environment; run it."""
+def _forked(parent: int, sock: socket.socket, request: tuple, log_fd: int, status_fd: int) -> None:
+    """In the forked job process: die with the launcher (first), a session of its own, the job's output,
+    directory, environment and CPUs; run it."""
+    die_with_parent(parent)
     code = 1
     try:
+        sock.close()
+        _, folder, cwd, env = request
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -91,10 +138,12 @@ def _forked(folder: str, cwd: str, env: dict, log_fd: int, status_fd: int) -> No
         os.dup2(log_fd, 2)
         for fd in (devnull, log_fd):
             os.close(fd)
+        os.set_inheritable(status_fd, False)   # a process the job starts does not hold the stage pipe
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
-        code = main([folder, str(status_fd), str(os.getppid())])
+        restore_affinity()
+        code = run(Path(folder), status_fd)
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not return into the launcher
         traceback.print_exc()
     finally:
@@ -102,7 +151,11 @@ def _forked(folder: str, cwd: str, env: dict, log_fd: int, status_fd: int) -> No
         os._exit(code)
 
 
+def launcher_env(env: dict) -> dict:
+    """The launcher's environment: without the variables that make libgomp pin its importing thread (and so
+    every job forked from it) to one CPU. A job process gets its own environment back with each request."""
+    return {k: v for k, v in env.items() if k not in AFFINITY_VARS}
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--launcher"]:
-        sys.exit(launcher(int(sys.argv[2]), int(sys.argv[3])))
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(launcher(int(sys.argv[2]), int(sys.argv[3]), fresh="--fresh" in sys.argv[4:]))

@@ -88,6 +88,18 @@ def cpu_list(cpus: Iterable[int]) -> str:
     return ",".join(out)
 
 
+def parse_cpu_list(text: str) -> set[int]:
+    """"0-3,8" -> {0, 1, 2, 3, 8}; an empty or malformed list -> set()."""
+    out: set[int] = set()
+    try:
+        for part in filter(None, text.strip().split(",")):
+            first, _, last = part.partition("-")
+            out.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        return set()
+    return out
+
+
 def _span(run: list[int]) -> str:
     return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
 

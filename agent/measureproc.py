@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from fleetbench.agent.childproc import die_with_parent, finish
+from fleetbench.agent.childproc import die_with_parent, finish, restore_affinity
 
 # Runtimes and heavy libraries: the result says which of these the measuring process had loaded.
 WATCHED = ("torch", "onnxruntime", "openvino", "tensorrt", "ai_edge_litert", "tensorflow", "jax", "litert_torch",
@@ -75,10 +76,9 @@ def measure_in_child(spec: Spec, workdir: Path, on_stage: Callable[[str], None])
     os.close(write_fd)
     stage = "build"
     try:
-        with os.fdopen(read_fd, "r") as events:
-            for line in events:
-                stage = line.strip() or stage
-                on_stage(stage)
+        for name in _events(read_fd, proc):
+            stage = name
+            on_stage(stage)
     finally:
         rc = proc.wait()
         _echo(folder / "output.log")
@@ -94,6 +94,21 @@ def measure_in_child(spec: Spec, workdir: Path, on_stage: Callable[[str], None])
     run.stage_s["process"] = time.perf_counter() - t
     run.modules = outcome.modules
     return run
+
+
+def _events(read_fd: int, proc: subprocess.Popen):
+    """The stage names the measuring process writes, until it has exited (not until every copy of the pipe's
+    write end is closed: a process it started may hold one)."""
+    pending = b""
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], 0.2)
+            chunk = pipe.read(4096) if ready else b""
+            pending += chunk or b""
+            *lines, pending = pending.split(b"\n")
+            yield from (n for n in (ln.decode(errors="replace").strip() for ln in lines) if n)
+            if (ready and not chunk) or (not ready and proc.poll() is not None):
+                return
 
 
 def _echo(path: Path, limit: int = 16_000) -> None:
@@ -160,6 +175,8 @@ def _child(folder: Path, status) -> Outcome:
 def main(argv: list[str]) -> int:
     folder, fd, parent = Path(argv[0]), int(argv[1]), int(argv[2])
     die_with_parent(parent)
+    restore_affinity()
+    os.set_inheritable(fd, False)   # what the runtime starts does not hold the stage pipe
     import logging
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     status = os.fdopen(fd, "w", buffering=1)

@@ -114,13 +114,20 @@ def fresh_process_windows(artifact, job: Job, threads: int, example: np.ndarray)
     """`repeats` windows, each in a fresh process that loads the engine, warms up and times one window
     (repeat_mode: process): what one process's allocator, JIT or thread placement did is then not
     repeated in every window."""
-    import multiprocessing
-    ctx = multiprocessing.get_context("spawn")
     windows = []
     for _ in range(job.measure.repeats):
-        with ctx.Pool(1) as pool:
+        with helper_pool() as pool:
             windows.append(pool.apply(_window_in_this_process, (artifact, job, threads, example)))
     return windows
+
+
+def helper_pool():
+    """A one-worker spawn pool whose worker dies with this process (a force-cancelled job leaves none)."""
+    import multiprocessing
+    import os
+
+    from fleetbench.agent.childproc import die_with_parent
+    return multiprocessing.get_context("spawn").Pool(1, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def _window_in_this_process(artifact, job: Job, threads: int, example: np.ndarray):

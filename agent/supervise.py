@@ -3,11 +3,14 @@
 The Ray task (coordinator/dispatch.py agent_task) calls `supervise(job, weights)`, which yields
 ("stage", name) as each stage begins, ("log", {...}) for a failed job, and ("result", Result) last.
 
-The child (agent/jobproc.py) runs in a session of its own, so the whole process tree of a job (a
-runtime's helper processes included) is killed at its timeout and whenever it ends; it dies with
-this process too. Because this process outlives the job, a job that is killed (a segfault, the
-out-of-memory killer, a `kill -9`) still becomes a `failed` row that names the signal and stage,
-with the last lines the job printed.
+The child (agent/jobproc.py) is forked by a launcher: this worker's warm one, or a fresh one for a job
+that must be timed in a fresh interpreter (or when the warm one refuses to fork). It runs in a session of
+its own, which is killed at its timeout; its launcher is its reaper, so when it ends its whole process
+tree is gone, what the model's own code started and took out of the session included. It dies with its
+launcher, the launcher with this process. Because this process outlives the job, a job that is killed (a
+segfault, the out-of-memory killer, a `kill -9`) still becomes a `failed` row that names the signal and
+stage, with the last lines the job printed. The job's end is the launcher's word, not the stage pipe's
+end-of-file: a process the job started may hold a copy of the pipe.
 """
 from __future__ import annotations
 
@@ -23,16 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
-from fleetbench.agent.childproc import end_session, kill_session
+from fleetbench.agent.childproc import CPUS_VAR, kill_session
+from fleetbench.agent.jobproc import launcher_env
+from fleetbench.agent.limits import cpu_list
 from fleetbench.shared.errors import STAGES
-from fleetbench.shared.job import Job, Result
+from fleetbench.shared.job import STARTUP_S, Job, Result
 
 log = logging.getLogger(__name__)
-STARTUP_S = 20.0   # for the job process to start and reach its first stage, on top of the job's timeout
-LAUNCHER_READY_S = 300.0   # for the launcher's imports (torch, timm) on a slow or busy node
 OUTPUT_TAIL_LINES = 60
 OUTPUT_TAIL_BYTES = 16_000
 
@@ -44,22 +48,22 @@ class _Watch:
     timed_out: bool = False
 
 
-def _follow(read_fd: int, job: Job, watch: _Watch) -> Iterator[str]:
-    """Each stage name the job reports, until it closes its end or its deadline passes (the timeout
-    counts from the first stage; the process gets STARTUP_S to reach it)."""
-    deadline = time.monotonic() + job.timeout_s + STARTUP_S
+def _follow(read_fd: int, proc: "_Process", job: Job, started: float, watch: _Watch) -> Iterator[str]:
+    """Each stage name the job reports, until its launcher says it has exited or its deadline passes (the
+    timeout counts from the first stage; before it, STARTUP_S from `started` covers starting it)."""
+    deadline = started + STARTUP_S
     pending = b""
+    answer = proc.launcher.sock.fileno() if proc.launcher.sock is not None else -1
+    watched = [read_fd, answer] if answer >= 0 else [read_fd]
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             watch.timed_out = True
             return
-        ready, _, _ = select.select([read_fd], [], [], min(left, 1.0))
-        if not ready:
-            continue
-        chunk = os.read(read_fd, 4096)
-        if not chunk:   # the job closed its end: it finished or died
-            return
+        ready, _, _ = select.select(watched, [], [], min(left, 1.0))
+        chunk = os.read(read_fd, 4096) if read_fd in ready else b""
+        if read_fd in ready and not chunk:   # every copy of the write end is closed
+            watched.remove(read_fd)
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
@@ -69,39 +73,45 @@ def _follow(read_fd: int, job: Job, watch: _Watch) -> Iterator[str]:
                     deadline = time.monotonic() + job.timeout_s
                 watch.stage = name
                 yield name
+        if answer in ready and proc.launcher.answered(proc.request) or not watched:
+            return
 
 
 def supervise(job: Job, weights: Optional[bytes]) -> Iterator[tuple[str, Any]]:
+    started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="fleetbench-job-"))
     read_fd = -1
     proc: Optional[_Process] = None
     try:
         (folder / "job.pkl").write_bytes(pickle.dumps((job, weights)))
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = os.pipe()   # both ends close-on-exec: only the job process gets the write end
         try:
             with open(folder / "output.log", "wb") as out:
                 proc = _start(job, folder, out.fileno(), write_fd)
         finally:
             os.close(write_fd)
         watch = _Watch()
-        for name in _follow(read_fd, job, watch):
+        for name in _follow(read_fd, proc, job, started, watch):
             yield ("stage", name)
         stage, timed_out = watch.stage, watch.timed_out
+        rc = None
         if timed_out:
             proc.kill()
-            why = (f"timed out after {job.timeout_s:g} s in stage {stage}" if stage else
-                   f"the job's process did not start within {job.timeout_s + STARTUP_S:g} s")
-            yield ("log", {"output": tail(folder / "output.log"), "traceback": None, "reason": why})
-            yield ("result", Result.for_job(job, status="failed", stage=stage, error=why))
-            return
-        rc = proc.wait()
-        got = _read_result(folder / "result.pkl")
+        else:
+            rc = proc.wait()
+        got = _read_result(folder / "result.pkl")   # also on the timeout path: a finished job keeps its row
         if got is not None:
             result, diagnostics = got
             if result.status == "failed":
                 yield ("log", {"output": tail(folder / "output.log"), "traceback": diagnostics.get("traceback"),
                                "reason": result.error})
             yield ("result", result)
+            return
+        if timed_out:
+            why = (f"timed out after {job.timeout_s:g} s in stage {stage}" if stage else
+                   f"the job's process did not start within {STARTUP_S:g} s")
+            yield ("log", {"output": tail(folder / "output.log"), "traceback": None, "reason": why})
+            yield ("result", Result.for_job(job, status="failed", stage=stage, error=why))
             return
         if rc is None:
             how = "killed: its launcher died"
@@ -113,51 +123,61 @@ def supervise(job: Job, weights: Optional[bytes]) -> Iterator[tuple[str, Any]]:
         yield ("log", {"output": tail(folder / "output.log"), "traceback": None, "reason": why})
         yield ("result", Result.for_job(job, status="failed", stage=stage or "load", error=why))
     finally:
-        if proc is not None and proc.running:
-            proc.kill()
+        if proc is not None:
+            proc.end()
         if read_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(read_fd)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class _Process:
-    """A job process in a session of its own: a fresh interpreter (subprocess), or forked by the launcher."""
+class _Refused(OSError):
+    """The warm launcher would not fork (agent/jobproc.py fork_unsafe): the job gets a fresh one."""
 
-    def __init__(self, pid: int, reap: Callable[[Optional[float]], Optional[int]]):
-        self.pid, self._reap, self.running = pid, reap, True
+
+class _Process:
+    """A job process forked by a launcher, which answers its exit code once it and its whole tree are gone."""
+
+    def __init__(self, launcher: "_Launcher", request: str, pid: int):
+        self.launcher, self.request, self.pid = launcher, request, pid
+        self.running = True
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         """Its exit code (-N: killed by signal N; None: unknown, its launcher died) once it has exited
-        and what it left in its session was killed."""
-        rc = self._reap(timeout)
-        self.running = False
-        return rc
+        and everything it left was killed."""
+        try:
+            return self.launcher.exit_code(self.request, self.pid, timeout)
+        finally:
+            self.running = False
 
     def kill(self) -> None:
-        """Kill the job process and everything in its session (runtimes' helper processes included)."""
+        """Kill the job process and everything in its session; its launcher kills what escaped it."""
         kill_session(self.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
-            self.wait(timeout=30)
+        if self.running:
+            with contextlib.suppress(TimeoutError):
+                self.wait(timeout=30)
+
+    def end(self) -> None:
+        if self.running:
+            self.kill()
+        if self.launcher.fresh:
+            self.launcher.close(wait_s=10)   # it exits once it has answered the exit code
 
 
 def _start(job: Job, folder: Path, log_fd: int, status_fd: int) -> _Process:
-    """Fork the job process from this worker's launcher when the job's engine is timed in a measuring process
-    of its own (agent/jobproc.py says why that is safe); else (PyTorch eager, TensorRT: timed in the job
-    process, whose memory figures must be a fresh interpreter's) start a fresh interpreter."""
+    """Fork the job process from this worker's warm launcher when the job's engine is timed in a measuring
+    process of its own (agent/jobproc.py says why that is safe); else (PyTorch eager, TensorRT: timed in the
+    job process, whose memory figures must be a fresh interpreter's), or when the warm launcher cannot fork,
+    from a fresh launcher that forks this one job."""
+    env = {**os.environ, CPUS_VAR: cpu_list(os.sched_getaffinity(0))}
     if _forkable(job.backend):
-        with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
-            return _LAUNCHER.fork(folder, log_fd, status_fd)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetbench.agent.jobproc", str(folder), str(status_fd), str(os.getpid())],
-        stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(status_fd,),
-        start_new_session=True)
-
-    def reap(timeout: Optional[float]) -> int:
-        if timeout is None:
-            end_session(proc.pid)
-        return proc.wait(timeout)
-    return _Process(proc.pid, reap)
+        try:
+            return _LAUNCHER.fork(folder, env, log_fd, status_fd)
+        except _Refused as e:
+            log.warning("%s: %s", job.describe(), e)
+        except (OSError, EOFError, pickle.UnpicklingError, TimeoutError) as e:
+            log.warning("%s: the launcher did not fork the job (%s); starting a fresh one", job.describe(), e)
+    return _Launcher(fresh=True).fork(folder, env, log_fd, status_fd)
 
 
 def _forkable(backend: str) -> bool:
@@ -169,51 +189,84 @@ def _forkable(backend: str) -> bool:
 
 
 class _Launcher:
-    """This worker's warm parent of job processes (`python -m fleetbench.agent.jobproc --launcher`), started
-    with the first job that uses it and kept for the next (it dies with this worker)."""
+    """A parent and reaper of job processes (`python -m fleetbench.agent.jobproc --launcher`): this worker's
+    warm one, started with the first job that uses it and kept for the next (it dies with this worker), or a
+    fresh one for one job. Each request carries an id, and each answer the id of the request it answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, fresh: bool = False) -> None:
+        self.fresh = fresh
         self.proc: Optional[subprocess.Popen] = None
         self.sock: Optional[socket.socket] = None
 
-    def fork(self, folder: Path, log_fd: int, status_fd: int) -> _Process:
+    def fork(self, folder: Path, env: dict, log_fd: int, status_fd: int) -> _Process:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         assert self.sock is not None
+        request = uuid.uuid4().hex
         try:
-            socket.send_fds(self.sock, [pickle.dumps((str(folder), os.getcwd(), dict(os.environ)))],
+            socket.send_fds(self.sock, [pickle.dumps((request, str(folder), os.getcwd(), env))],
                             [log_fd, status_fd])
-            self.sock.settimeout(LAUNCHER_READY_S)   # its first answer waits for its imports
-            pid = pickle.loads(self.sock.recv(4096))
-            self.sock.settimeout(None)
-        except (OSError, EOFError, pickle.UnpicklingError):
-            self.close()   # the caller starts a fresh interpreter instead
+            kind, value = self._answer(request, STARTUP_S)   # its first answer waits for its imports
+        except (OSError, EOFError, pickle.UnpicklingError, TimeoutError):
+            self.close()   # the caller starts a fresh launcher instead
             raise
-        sock = self.sock
-        return _Process(pid, lambda timeout: self._exit_code(sock, pid, timeout))
+        if kind == "refused":
+            self.close(wait_s=10)   # it exits once it has answered
+            raise _Refused(f"the launcher would not fork with {value}; the job gets a fresh interpreter")
+        return _Process(self, request, value)
 
-    def _exit_code(self, sock: socket.socket, pid: int, timeout: Optional[float]) -> Optional[int]:
-        """The exit code the launcher reports for the job process it forked last (None: the launcher is gone,
-        and its job process with it; what that left in its session is killed here)."""
-        if sock is not self.sock:   # closed since
+    def _answer(self, request: str, timeout: Optional[float]) -> tuple[str, Any]:
+        """The launcher's next answer to `request` (an answer to an earlier request is dropped)."""
+        assert self.sock is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            try:
+                msg = self.sock.recv(4096)
+            except socket.timeout:
+                raise TimeoutError("the launcher did not answer") from None
+            finally:
+                if self.sock is not None:
+                    self.sock.settimeout(None)
+            if not msg:
+                raise EOFError("the launcher is gone")
+            kind, about, value = pickle.loads(msg)
+            if about == request:
+                return kind, value
+            log.warning("dropped the launcher's %r answer to an earlier job's request", kind)
+
+    def answered(self, request: str) -> bool:
+        """Whether the launcher's next answer (waiting now) is to `request`, or it is gone; an answer to an
+        earlier request is dropped."""
+        if self.sock is None:
+            return True
+        try:
+            msg = self.sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            if msg and pickle.loads(msg)[1] != request:
+                self.sock.recv(4096)
+                return False
+        except BlockingIOError:
+            return False
+        except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError):
+            return True
+        return True
+
+    def exit_code(self, request: str, pid: int, timeout: Optional[float]) -> Optional[int]:
+        """The exit code the launcher reports for the job process `pid` (None: the launcher is gone, and its
+        job process with it; what that left in its session is killed here)."""
+        if self.sock is None:   # closed since
             kill_session(pid)
             return None
-        sock.settimeout(timeout)
         try:
-            msg = sock.recv(4096)
-        except socket.timeout:   # its answer would come after the next request's: start anew
+            _, code = self._answer(request, timeout)
+        except TimeoutError:   # its answer would come after the next request's: start anew
             self.close()
             raise TimeoutError("the job process did not exit") from None
-        except OSError:
-            msg = b""
-        finally:
-            if self.sock is not None:
-                self.sock.settimeout(None)
-        if not msg:   # the launcher died (and the job process with it)
+        except (OSError, EOFError, pickle.UnpicklingError):   # the launcher died (and the job process with it)
             self.close()
             kill_session(pid)
             return None
-        return pickle.loads(msg)
+        return code
 
     def _start(self) -> None:
         self.close()
@@ -221,16 +274,20 @@ class _Launcher:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "fleetbench.agent.jobproc", "--launcher", str(theirs.fileno()),
-                 str(os.getpid())], stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+                 str(os.getpid()), *(["--fresh"] if self.fresh else [])],
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=launcher_env(dict(os.environ)))
         finally:
             theirs.close()
         self.sock = mine
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 0) -> None:
+        """Stop it (after up to `wait_s` for it to exit by itself)."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
         if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=wait_s)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait()

@@ -31,7 +31,7 @@ from ray.exceptions import NodeDiedError, TaskUnschedulableError
 from fleetbench.coordinator.cluster import alive_nodes, node_options
 from fleetbench.coordinator.trust import accept
 from fleetbench.shared.errors import STAGES, one_line
-from fleetbench.shared.job import Job, Result
+from fleetbench.shared.job import STARTUP_S, Job, Result
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -216,11 +216,12 @@ class Dispatcher:
         for gen, state in list(self.running.items()):
             job = state.job
             since = state.started or state.clock
-            if since is None or now - since <= job.timeout_s + TIMEOUT_GRACE_S:   # None: waiting behind another job
+            allowed = job.timeout_s if state.started else STARTUP_S   # the agent's own bounds (agent/supervise.py)
+            if since is None or now - since <= allowed + TIMEOUT_GRACE_S:   # None: waiting behind another job
                 continue
             _cancel(gen, job)
             if state.started is None:
-                self._finish(gen, never_started(job, f"the job's worker did not start within {job.timeout_s:g} s"))
+                self._finish(gen, never_started(job, f"the job's worker did not start within {STARTUP_S:g} s"))
             else:
                 self._finish(gen, failed(job, state.stage, f"timed out after {job.timeout_s:g} s in stage {state.stage}"))
 

@@ -10,6 +10,10 @@ from typing import Any, Optional
 from fleetbench.shared.sweep import CompressionSpec, DatasetSpec, MeasureSpec, ModelSpec, SearchSpec
 from fleetbench.shared.vocab import HwKind, Status
 
+# For a job's process to start and report its first stage (a launcher's imports of torch and timm on a slow
+# or busy node included). The agent waits this long, and the coordinator this long and its grace.
+STARTUP_S = 300.0
+
 
 @dataclass(frozen=True)
 class Job:

@@ -104,8 +104,8 @@ def build_in_child(model: Any, example: np.ndarray, calib_x: np.ndarray, method:
         return build(model, example, calib_x, method, out)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "fleetbench.agent.backends.tflite", str(job_file)], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run([sys.executable, "-m", "fleetbench.agent.backends.tflite", str(job_file),
+                               str(os.getpid())], env=env, capture_output=True, text=True, timeout=timeout_s)
     finally:
         job_file.unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -226,5 +226,7 @@ def _dequantizer(detail: dict):
     return lambda y: (y.astype(np.float32) - zero) * scale
 
 
-if __name__ == "__main__":   # the converter process of build_in_child
+if __name__ == "__main__":   # the converter process of build_in_child: it dies with the job
+    from fleetbench.agent.childproc import die_with_parent
+    die_with_parent(int(sys.argv[2]))
     _child_main(sys.argv[1])

@@ -1,8 +1,12 @@
 """End to end on the embedded default: a real local Ray cluster, real engines, a real DuckDB file."""
+import contextlib
+import os
 import subprocess
 import sys
+import time
 
 import duckdb
+import psutil
 import pytest
 import yaml
 
@@ -30,6 +34,22 @@ def write_sweep(path, **over):
     return path
 
 
+def launchers_since(began: float, wait_s: float = 30) -> list[int]:
+    """Job launchers (agent/jobproc.py) of this test session started since `began` and still running."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for p in psutil.process_iter(["cmdline", "create_time", "status"]):
+            with contextlib.suppress(psutil.Error):
+                if "--launcher" in (p.info["cmdline"] or ()) and p.info["create_time"] >= began - 1 and \
+                        p.info["status"] != psutil.STATUS_ZOMBIE and \
+                        p.environ().get("FLEETBENCH_CACHE") == os.environ["FLEETBENCH_CACHE"]:
+                    left.append(p.pid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def coordinator(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "fleetbench.coordinator.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
@@ -39,8 +59,10 @@ def coordinator(*args, cwd=ROOT):
 def test_sweep_streams_rows_into_duckdb_and_resume_reruns_only_the_rest(tmp_path):
     from fleetbench.coordinator.run import run_sweep
     sweep, db = write_sweep(tmp_path / "sweep.yaml"), tmp_path / "r.duckdb"
+    began = time.time()
     counts = run_sweep(str(sweep), db=str(db), progress=False)
     assert counts["ok"] == 7 and counts["failed"] == 1 and counts["unsupported"] == 4
+    assert launchers_since(began) == []   # no job launcher outlives the sweep's embedded cluster
 
     con = duckdb.connect(str(db), read_only=True)
     rows = con.execute("SELECT model, backend, batch_size, status, stage, error, latency_p50_ms, f1_macro, "
