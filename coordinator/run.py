@@ -359,7 +359,7 @@ class Progress:
         what = f"{r.model}/{r.compression}/{r.backend}:{r.device}/bs{r.batch_size}"
         if self.lines:
             figure = f" p50 {r.latency_p50_ms:.3f} ms" if r.latency_p50_ms is not None else ""
-            why = f" ({r.stage or ''}: {r.error or ''})"[:120] if r.status != "ok" else ""
+            why = f" ({': '.join(filter(None, [r.stage, r.error]))})"[:120] if r.status != "ok" else ""
             print(printable(f"[{self.done}/{self.total}] {node}: {what} {r.status}{figure}{why} | {self._tally()}"),
                   file=self.stream, flush=True)
             return

@@ -21,6 +21,7 @@ def test_one_line_per_job_in_a_log():
     assert len(lines) == 3
     assert lines[0] == "[1/3] edge-box: m/fp16/onnxruntime:cpu/bs1 ok p50 1.235 ms | ok 1, failed 0, unsupported 0"
     assert "failed (build: boom)" in lines[1] and lines[2].endswith("ok 1, failed 1, unsupported 1")
+    assert "unsupported (no GPU) |" in lines[2]          # no stage: no empty one before the reason
     assert "\r" not in log.getvalue()
 
 
