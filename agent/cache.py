@@ -18,6 +18,9 @@ A cache must not lie, and nobody else may fill it:
 - on read every file is checked against its recorded size and SHA-256, must be a plain file (not a
   symlink) inside the entry; anything else is a miss, the damaged entry is removed and made again.
 
+The base folder gets a marker file (MARKER) when the cache makes it or finds it empty; `prune` works only
+in a marked folder and removes only what it can prove the cache made (see `prune`).
+
 Only plain-file artifacts are cached as engines: a backend declares `cacheable = False` when its
 artifact is more than files (PyTorch eager keeps the module itself; TensorRT keeps engines in a cache
 of its own).
@@ -29,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -68,6 +72,23 @@ class Entry:
 def base_dir() -> Path:
     """The node's cache folder (agent.paths.cache_dir), absolute."""
     return cache_dir().absolute()
+
+
+MARKER = ".fleetbench-cache"   # in a cache folder fleetbench made (or adopted): `prune` works only there
+_MARKER_TEXT = ("This folder is a fleetbench node cache: fleetbench made it. `coordinator cache prune` removes\n"
+                "only the entries fleetbench made in it (<kind>/<32 hex>/ with their manifest, weights/<sha256>).\n")
+
+
+def kind_dir(kind: str) -> Path:
+    """base/<kind> (kind: an entry kind, or `weights`), made 0700; the base folder gets its marker when this
+    call made it or found it empty: a folder that holds anything else was not made for the cache."""
+    base = base_dir()
+    fresh = not base.exists() and not base.is_symlink()
+    private_dir(base)
+    marker = base / MARKER
+    if not marker.exists() and (fresh or not any(base.iterdir())):
+        marker.write_text(_MARKER_TEXT)
+    return private_dir(base / kind)
 
 
 def root(kind: str) -> Path:
@@ -170,7 +191,7 @@ def fingerprint() -> dict[str, Any]:
 def lookup(kind: str, key: str) -> Optional[Entry]:
     """The verified entry, or None (a damaged one is removed; an unsafe cache folder is a miss)."""
     try:
-        entry = private_dir(root(kind)) / key
+        entry = kind_dir(kind) / key
     except OSError as e:
         log.warning("cache %s not used: %s", kind, e)
         return None
@@ -204,7 +225,7 @@ def put(kind: str, key: str, make: Callable[[Path], Optional[dict]]) -> Entry:
     publish it under `key`. When another writer published first, theirs is kept and returned. Where the
     cache folder cannot be used safely, the entry is made in a private temporary folder and not kept."""
     try:
-        base = private_dir(root(kind))
+        base = kind_dir(kind)
     except OSError as e:
         log.warning("cache %s not used: %s", kind, e)
         folder = Path(tempfile.mkdtemp(prefix=f"fleetbench-{kind}-"))
@@ -299,24 +320,86 @@ def _remove(path: Path) -> None:
 
 # ---- prune -------------------------------------------------------------------------------------------
 
-def prune(older_than_s: float, root_dir: Optional[Path] = None, now: Optional[float] = None) -> list[Path]:
-    """Remove entries and shipped checkpoints last used more than `older_than_s` ago, and leftovers of
-    interrupted writes; returns what was removed. Runs on one node (its own cache)."""
+class NotACache(OSError):
+    """`prune` refused a folder fleetbench did not make (no marker) or an adoption of a foreign folder."""
+
+
+_ENTRY = re.compile(r"[0-9a-f]{32}")                              # content_key
+_TMP = re.compile(r"\.tmp-[0-9a-f]{8}-[a-z0-9_]{8}")              # mkdtemp / mkstemp of put and weights
+_WEIGHTS = re.compile(r"([0-9a-f]{64})(\.[A-Za-z0-9_]{1,16})?")    # materialise_weights: <sha256><suffix>
+# What a fleetbench cache folder holds at its top (engines of TensorRT and ORT's TensorRT EP, the GEMM peaks).
+_TOP = frozenset({*KINDS, "weights", "tensorrt", "ort-tensorrt", "peaks.json", MARKER})
+
+
+def adopt(base: Path) -> None:
+    """Mark an unmarked cache folder (one made by an older fleetbench) after checking, strictly, that it
+    holds nothing but what a fleetbench cache holds; else NotACache naming what does not belong."""
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise NotACache(f"{base}: not a folder of this user; not adopted, nothing removed")
+    for item in sorted(base.iterdir()):
+        if item.name not in _TOP and not re.fullmatch(r"peaks\.\d+\.tmp", item.name):
+            raise NotACache(f"{base}: holds {item.name!r}, which no fleetbench cache holds; not adopted, "
+                            "nothing removed")
+    (base / MARKER).write_text(_MARKER_TEXT)
+
+
+def prune(older_than_s: float, root_dir: Optional[Path] = None, now: Optional[float] = None,
+          adopt_folder: bool = False) -> list[Path]:
+    """Remove what fleetbench made here and last used more than `older_than_s` ago: entries (a
+    <kind>/<32 hex> folder whose manifest names that kind and key), shipped checkpoints (weights/<sha256>
+    whose content has that hash) and leftovers of interrupted writes (.tmp-<8 hex>-<8>). Only in a cache
+    folder that carries the marker (`adopt_folder` marks a strict fleetbench layout first); anything
+    else in it is left alone. Returns what was removed. Runs on one node (its own cache)."""
     base = Path(root_dir) if root_dir is not None else base_dir()
     now = time.time() if now is None else now
+    if not base.exists():
+        return []
+    if not (base / MARKER).is_file():
+        if not adopt_folder:
+            raise NotACache(f"{base}: not a fleetbench cache folder (no {MARKER} marker: fleetbench did not make "
+                            "it); prune refused, nothing removed. A cache of an older fleetbench: "
+                            "coordinator cache prune --adopt")
+        adopt(base)
     removed = []
-    for folder in [base / kind for kind in KINDS] + [base / "weights"]:
-        if not folder.is_dir() or folder.is_symlink():
+    for kind in [*KINDS, "weights"]:
+        folder = base / kind
+        if not _ours(folder, stat.S_ISDIR):
             continue
         for item in folder.iterdir():
             try:
-                used = _last_used(item)
+                if now - _last_used(item) > older_than_s and _made_here(item, kind):
+                    _remove(item)
+                    removed.append(item)
             except OSError:
                 continue
-            if now - used > older_than_s:
-                _remove(item)
-                removed.append(item)
     return removed
+
+
+def _ours(path: Path, kind_test) -> bool:
+    """A file or folder of this user (never a symlink) of the kind tested."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return kind_test(st.st_mode) and st.st_uid == os.getuid()
+
+
+def _made_here(item: Path, kind: str) -> bool:
+    """Whether `item` is, provably, what fleetbench writes in base/<kind>."""
+    name = item.name
+    if _TMP.fullmatch(name):
+        return _ours(item, stat.S_ISDIR if kind != "weights" else stat.S_ISREG)
+    if kind == "weights":
+        m = _WEIGHTS.fullmatch(name)
+        return bool(m) and _ours(item, stat.S_ISREG) and file_sha256(item) == m.group(1)
+    if not _ENTRY.fullmatch(name) or not _ours(item, stat.S_ISDIR) or not _ours(item / MANIFEST, stat.S_ISREG):
+        return False
+    try:
+        manifest = json.loads((item / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("kind") == kind and manifest.get("key") == name
 
 
 def _last_used(item: Path) -> float:

@@ -30,11 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     pr = csub.add_parser("prune", help="remove entries not used for --older-than days")
     pr.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",
                     help="age in days since last use (default 30; 0 removes everything)")
+    pr.add_argument("--adopt", action="store_true", help="a cache folder of an older fleetbench (no marker): "
+                    "mark it as fleetbench's first, if it holds only what a fleetbench cache holds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd == "cache":
-        from fleetbench.agent.cache import base_dir, prune
-        removed = prune(args.older_than * 86400)
+        from fleetbench.agent.cache import NotACache, base_dir, prune
+        try:
+            removed = prune(args.older_than * 86400, adopt_folder=args.adopt)
+        except NotACache as e:
+            print(f"agent: {e}", file=sys.stderr)
+            return 2
         print(f"{base_dir()}: removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} "
               f"unused for over {args.older_than:g} day(s)")
         return 0

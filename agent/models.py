@@ -30,13 +30,13 @@ def materialise_weights(data: bytes, sha256: str, suffix: str) -> Path:
     import hashlib
     import tempfile
 
-    from fleetbench.agent.cache import UnsafeCacheDir, file_sha256, private_dir
+    from fleetbench.agent.cache import UnsafeCacheDir, file_sha256, kind_dir
     if hashlib.sha256(data).hexdigest() != sha256:
         raise StageError("load", f"shipped weights do not match their hash {sha256[:12]}")
     if not all(c in "0123456789abcdef" for c in sha256) or "/" in suffix:
         raise StageError("load", f"bad weights key {sha256[:16]!r}{suffix!r}")
     try:
-        folder = private_dir(weights_cache_dir())
+        folder = kind_dir("weights")
     except (UnsafeCacheDir, OSError) as e:
         log.warning("weights cache not used: %s", e)
         folder = Path(tempfile.mkdtemp(prefix="fleetbench-weights-"))

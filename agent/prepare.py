@@ -412,7 +412,7 @@ def _keep(job: Job, backend, artifact: Artifact, workdir: Path, info: Optional[d
                 "backend": job.backend, "fingerprint": cache.fingerprint()}
 
     try:
-        cache.private_dir(cache.cache_root())
+        cache.kind_dir(cache.ENGINES)
         return cache.put(cache.ENGINES, artifact_key(job, backend), make)
     except OSError as e:
         log.warning("engine cache: cannot store %s: %s", job.describe(), e)

@@ -222,6 +222,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="age in days since last use (default 30; 0 removes everything)")
     prune.add_argument("--address", help="Ray cluster whose every node prunes its own cache "
                        "(default: $RAY_ADDRESS, else only this machine)")
+    prune.add_argument("--adopt", action="store_true", help="a cache folder of an older fleetbench (no marker): "
+                       "mark it as fleetbench's first, if it holds only what a fleetbench cache holds")
     return parser
 
 
@@ -451,19 +453,23 @@ def _cache(args) -> int:
     import os
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:
-        from fleetbench.agent.cache import base_dir, prune
-        removed = prune(args.older_than * 86400)
+        from fleetbench.agent.cache import NotACache, base_dir, prune
+        try:
+            removed = prune(args.older_than * 86400, adopt_folder=args.adopt)
+        except NotACache as e:
+            raise SweepError(str(e)) from None
         print(f"{base_dir()}: removed {len(removed)} entries unused for over {args.older_than:g} day(s)")
         return 0
     from fleetbench.coordinator import cluster
     cluster.connect(address)
     try:
-        per_node = cluster.prune_caches(args.older_than * 86400)
+        per_node = cluster.prune_caches(args.older_than * 86400, adopt=args.adopt)
     finally:
         cluster.disconnect()
-    for host, folder, n in per_node:
-        print(f"{host}: {folder}: removed {n} entries unused for over {args.older_than:g} day(s)")
-    return 0
+    for host, folder, n, refused in per_node:
+        print(f"{host}: {refused}" if refused else
+              f"{host}: {folder}: removed {n} entries unused for over {args.older_than:g} day(s)")
+    return EXIT_BAD_INPUT if any(refused for *_, refused in per_node) else 0
 
 
 def _report(args) -> int:

@@ -146,17 +146,22 @@ def _probe(labels: dict) -> dict:
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
-def _prune(older_than_s: float) -> tuple[str, str, int]:
+def _prune(older_than_s: float, adopt: bool = False) -> tuple[str, str, int, str]:
     import socket
 
-    from fleetbench.agent.cache import base_dir, prune
-    return socket.gethostname(), str(base_dir()), len(prune(older_than_s))
+    from fleetbench.agent.cache import NotACache, base_dir, prune
+    try:
+        return socket.gethostname(), str(base_dir()), len(prune(older_than_s, adopt_folder=adopt)), ""
+    except NotACache as e:
+        return socket.gethostname(), str(base_dir()), 0, str(e)
 
 
-def prune_caches(older_than_s: float, timeout_s: float = 120.0) -> list[tuple[str, str, int]]:
-    """Prune the caches of every alive node, one task pinned to each: (hostname, cache, removed) per node."""
+def prune_caches(older_than_s: float, timeout_s: float = 120.0,
+                 adopt: bool = False) -> list[tuple[str, str, int, str]]:
+    """Prune the caches of every alive node, one task pinned to each: (hostname, cache, removed, why
+    refused or "") per node."""
     refs = [_prune.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(older_than_s) for n in alive_nodes()]
+            .remote(older_than_s, adopt) for n in alive_nodes()]
     ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
     out = []
     for ref in ready:

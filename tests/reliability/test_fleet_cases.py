@@ -2,6 +2,7 @@
 and temp folders), one node stopped alone, the head stopped by SIGTERM, private token and temp
 folders; and `coordinator cache prune` on every node of a cluster. Every Ray process started here is
 stopped here, by its node's temp folder (never `ray stop`)."""
+import json
 import os
 import secrets
 import shutil
@@ -167,7 +168,8 @@ def test_cache_prune_runs_on_every_node_of_a_cluster(tmp_path):
     cache = tmp_path / "cache"
     old = cache / "engines" / ("0" * 32)
     old.mkdir(parents=True)
-    (old / "manifest.json").write_text("{}")
+    (cache / ".fleetbench-cache").write_text("")   # a cache folder fleetbench made, and one entry of it
+    (old / "manifest.json").write_text(json.dumps({"kind": "engines", "key": "0" * 32}))
     long_ago = time.time() - 90 * 86400
     for p in (old / "manifest.json", old):
         os.utime(p, (long_ago, long_ago))
