@@ -559,12 +559,10 @@ def _run(args) -> int:
 
 def _again(args) -> str:
     """The command that continues this run."""
-    import shlex
-
     from fleetbench.coordinator import flags
-    file = args.sweep or args.save_sweep
-    what = shlex.quote(file) if file else shlex.join(flags.command(args))   # pasted into a shell as it is
-    return f"coordinator run {what} --db {shlex.quote(args.db)} --resume"
+    from fleetbench.coordinator.run import resume_command
+    what = [args.sweep or args.save_sweep] if args.sweep or args.save_sweep else flags.command(args)
+    return resume_command(what, args.db, args.address)
 
 if __name__ == "__main__":
     sys.exit(main())

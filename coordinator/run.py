@@ -17,7 +17,7 @@ from typing import Optional, Union
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.plan import checkpoint_path, dataset_folder, plan
 from fleetbench.coordinator.report import fleet_table
-from fleetbench.shared.errors import Interrupted, StoreError, SweepError, printable
+from fleetbench.shared.errors import FleetError, Interrupted, StoreError, SweepError, printable
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep, parse_sweep
 
@@ -231,7 +231,8 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     for note in checked.notes:
         print(f"{checked.source.origin}: {note}", file=out)
-    with interruptible() as signals:
+    again = resume_hint or resume_command([checked.source.origin], db, address)
+    with interruptible() as signals, _writer_lock(db):   # a second coordinator on --db: refused before Ray
         try:
             where = cluster.connect(address)
             signals.arm()   # again: ray.init installs a SIGTERM handler of its own
@@ -239,12 +240,34 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
                                   interleaved)
         except KeyboardInterrupt as e:
             stop = signals.interrupted(e)
-            again = resume_hint or (f"coordinator run {shlex.quote(str(checked.source.origin))} "
-                                    f"--db {shlex.quote(str(db))} --resume")
             stop.hint = f"rows stored so far are kept in {db}; run the missing jobs with: {again}"
             raise stop from None
+        except _StoreFailed as e:   # the database stopped taking rows (a full disk): what is stored stays
+            raise FleetError(f"{e}; rows stored so far are kept; when it can be written again, run the "
+                             f"missing jobs with: {again}") from None
         finally:
             cluster.disconnect()   # stops the embedded Ray this process started
+
+
+def resume_command(what: list[str], db: str, address: Optional[str]) -> str:
+    """The command that continues this run (`what`: the sweep file, or the flags that make the sweep),
+    quoted for a POSIX shell (paths with spaces, quotes, $)."""
+    args = ["coordinator", "run", *what, "--db", str(db)]
+    if address:
+        args += ["--address", address]
+    return shlex.join([*args, "--resume"])
+
+
+@contextlib.contextmanager
+def _writer_lock(db: str):
+    from fleetbench.coordinator.store import writer_lock
+    try:
+        with writer_lock(db):
+            yield
+    except StoreError as e:
+        if "is busy" not in str(e):
+            raise
+        raise SweepError(f"--db {e}") from None
 
 
 class _Signals:
@@ -286,6 +309,10 @@ def interruptible():
             signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
+class _StoreFailed(StoreError):
+    """A row of a started run could not be stored (a full disk, an I/O error)."""
+
+
 def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals,
                    interleaved: bool = False) -> RunCounts:
     from fleetbench.coordinator import cluster
@@ -314,6 +341,10 @@ def _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, 
             store.finish_run(run_id, "interrupted")
             print(f"\nrun {run_id}: interrupted by {stop.signal_name}; in-flight jobs cancelled", file=out)
             raise stop from None
+        except StoreError as e:
+            with contextlib.suppress(StoreError):
+                store.finish_run(run_id, "interrupted")
+            raise _StoreFailed(str(e)) from None
         counts["ok (resumed)"] = len(done) if resume else 0
         store.finish_run(run_id, "done")
     _report(db, run_id, out)

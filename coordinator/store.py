@@ -405,6 +405,32 @@ def _take_writer_lock(path: Path):
     return handle
 
 
+@contextlib.contextmanager
+def writer_lock(path: PathLike):
+    """Hold `<db>.writer` before anything else starts (a coordinator takes it before Ray): a second
+    coordinator on one database is refused at once. A Store opened inside takes the held lock over."""
+    path = Path(path)
+    check_writable(path)
+    handle = _take_writer_lock(path)
+    _HELD[str(path.absolute())] = handle
+    try:
+        yield
+    finally:
+        if _HELD.pop(str(path.absolute()), None) is not None:   # no Store took it over
+            _release_writer_lock(path, handle)
+
+
+_HELD: dict[str, Any] = {}
+
+
+def _release_writer_lock(path: Path, handle) -> None:
+    try:                          # leave nothing beside the database once the writer is gone
+        os.unlink(f"{path}.writer")
+    except OSError:
+        pass
+    handle.close()                # releases the flock
+
+
 class Store:
     """Read-write access to the results database (the coordinator's, and only writer's)."""
 
@@ -414,7 +440,7 @@ class Store:
         if self.path.exists():
             _sniff(self.path)
         self._lock = threading.Lock()
-        self._writer = _take_writer_lock(self.path)
+        self._writer = _HELD.pop(str(self.path.absolute()), None) or _take_writer_lock(self.path)
         self._con: Optional[duckdb.DuckDBPyConnection] = None
         self._last_write = 0.0
         self._stop = threading.Event()
@@ -440,11 +466,7 @@ class Store:
         with self._lock:
             self._release()
         if self._writer is not None:
-            try:                          # leave nothing beside the database once the writer is gone
-                os.unlink(f"{self.path}.writer")
-            except OSError:
-                pass
-            self._writer.close()          # releases the flock
+            _release_writer_lock(self.path, self._writer)
             self._writer = None
             log.debug("closed results database %s", self.path)
 
@@ -610,6 +632,8 @@ class Store:
                     continue
                 except duckdb.ConstraintException:
                     pass
+                except duckdb.Error as exc:   # the file cannot take the row (a full disk)
+                    raise StoreError(f"{self.path}: {_first_line(exc)}") from exc
                 try:
                     con.execute(_INSERT_RESULT.replace("INSERT INTO", "INSERT OR REPLACE INTO"), row)
                 except duckdb.Error as exc:

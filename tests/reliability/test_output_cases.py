@@ -353,3 +353,31 @@ def test_logs_of_an_unknown_job_or_run_exits_2(db, capsys):
     assert rc == 0 and out.strip() == f"run {run}: no logs stored for job j"
     rc, _, err = run_cli(capsys, "logs", "nosuchrun", "--db", db)
     assert rc == 2 and err == [f"coordinator: {db}: run 'nosuchrun': no such run"]
+
+
+# -- the coordinator's own database and the command it prints --------------------------------------------
+
+def test_a_second_coordinator_on_one_db_is_refused_before_it_reaches_ray(db, capsys, tmp_path):
+    import ray
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nmodels: [{name: m, source: 'timm:test_resnet', num_classes: 10, "
+                     "input_size: [3, 16, 16]}]\ndataset: {kind: synthetic, limit: 8}\nbackends: ['null']\n")
+    before = digest(db)
+    from fleetbench.coordinator.store import writer_lock
+    with writer_lock(db):   # what the first coordinator holds from before Ray starts to its end
+        rc, out, err = run_cli(capsys, "run", sweep, "--db", db, "--address", "127.0.0.1:9", "--no-progress")
+    assert rc == 2 and out == "" and err == [f"coordinator: --db {db}: results database is busy: another "
+                                             "coordinator is writing it; try again when it ends"]
+    assert not ray.is_initialized() and digest(db) == before   # no cluster joined (port 9 has none), no write
+
+
+@pytest.mark.parametrize("name", ["my runs/r.duckdb", "it's $HOME/`x`.duckdb", "-rf;echo hi.duckdb"])
+def test_the_printed_resume_command_survives_a_shell(tmp_path, name):
+    from fleetbench.coordinator.run import resume_command
+    sweep, db = str(tmp_path / "a b" / "sweep one.yaml"), str(tmp_path / name)
+    command = resume_command([sweep], db, "ray://head:10001")
+    argv = subprocess.run(["bash", "-c", 'shift; printf "%s\\n" "$@"', "_", *["x"]], capture_output=True)
+    assert argv.returncode == 0
+    words = subprocess.run(["bash", "-c", f'set -- {command}; printf "%s\\n" "$@"'], capture_output=True,
+                           text=True).stdout.splitlines()
+    assert words == ["coordinator", "run", sweep, "--db", db, "--address", "ray://head:10001", "--resume"]

@@ -139,7 +139,7 @@ def test_interrupted_run_is_marked_keeps_its_rows_and_resume_runs_exactly_the_re
     assert rc == code, err[-3000:]
     name = signal.Signals(sig).name
     assert f"coordinator: interrupted by {name}; rows stored so far are kept in {db}; run the missing jobs " \
-           f"with: coordinator run {sweep} --db {db} --resume" in err
+           f"with: coordinator run {sweep} --db {db} --address {fleet.address} --resume" in err
     assert "Traceback" not in err and "Traceback" not in out
     assert f"interrupted by {name}; in-flight jobs cancelled" in out
     (run,) = rows(db, "SELECT * FROM sweeps")
@@ -271,3 +271,46 @@ def test_a_failed_job_keeps_its_traceback_for_coordinator_logs(fleet, tmp_path):
     assert none.returncode == 2 and none.stderr.startswith(f"coordinator: {db}: run {row['run_id']}: no job '0000'")
     missing = cli("logs", "nosuchrun", "--db", db)
     assert missing.returncode == 2 and missing.stderr.strip() == f"coordinator: {db}: run 'nosuchrun': no such run"
+
+
+# -- the disk fills up mid-run ------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 MiB tmpfs at a path with a space and a quote in it (needs root: skipped elsewhere)."""
+    mount = tmp_path / "disk 'full"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_mid_run_ends_it_with_a_quoted_resume_command_that_works(fleet, small_disk):
+    sweep = write_sweep(small_disk / "full sweep.yaml", batch_sizes=[1, 2, 3, 4, 5, 6],
+                        measure={**MEASURE, "min_duration_s": 0.3})
+    db = small_disk / "r.duckdb"
+    proc, seen = start_and_wait_for_rows([sweep, "--db", db, "--address", fleet.address], 2, 6)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:   # the disk is full from here on
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+    rc, out, err = finish(proc, seen)
+    assert rc == 1 and "Traceback" not in err + out, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("coordinator: ")]
+    assert "No space left on device; rows stored so far are kept; when it can be written again, run the missing " \
+           "jobs with: coordinator run " in line
+    command = line.split("run the missing jobs with: ")[1]
+    filler.unlink()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    again = subprocess.run(["bash", "-c", command + " --no-progress"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)   # the printed command, as a person pastes it
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = rows(db)
+    assert len(after) == 6 and all(r["status"] == "ok" for r in after)
+    assert [r["status"] for r in rows(db, "SELECT status FROM sweeps")] == ["done"]
