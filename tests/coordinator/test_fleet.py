@@ -365,10 +365,10 @@ def test_a_race_on_two_nodes_is_killed_mid_race_and_resumed_to_its_answer(fleet,
     from fleetbench.coordinator.report.data import connect
     from fleetbench.coordinator.run import run_sweep
     sweep = write_sweep(tmp_path / "race.yaml", models=[{**DIGITS, "checkpoint": str(DEMO_CHECKPOINT)}],
-                        dataset={"kind": "digits", "limit": 300}, backends=["onnxruntime", "openvino"],
+                        dataset={"kind": "digits", "limit": 200}, backends=["onnxruntime", "openvino"],
                         compression=["none", "int8-dynamic"], measure={**MEASURE, "min_duration_s": 0.05},
                         search={"strategy": "race", "block_s": 0.05, "chunk": 100, "min_rounds": 2,
-                                "max_rounds": 3, "quality_bound": 0.05})
+                                "max_rounds": 2, "quality_bound": 0.05})
     db = tmp_path / "r.duckdb"
     proc = subprocess.Popen([sys.executable, "-m", "fleetbench.coordinator.cli", "run", str(sweep), "--db", str(db),
                              "--address", fleet.address], cwd=ROOT, stdout=subprocess.DEVNULL,
