@@ -252,8 +252,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         return _stdout_failed(e)
     except Interrupted as e:
-        print(f"coordinator: interrupted by {e.signal_name}; {e.hint or 'rows stored so far are kept'}",
-              file=sys.stderr)
+        print(f"coordinator: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return _interrupted(cmd)

@@ -92,3 +92,6 @@ class Interrupted(KeyboardInterrupt):
     def signal_name(self) -> str:
         import signal
         return signal.Signals(self.signum).name
+
+    def __str__(self) -> str:   # the line the command line prints, and what a notebook shows
+        return f"interrupted by {self.signal_name}; {self.hint or 'rows stored so far are kept'}"
