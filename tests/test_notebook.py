@@ -28,3 +28,43 @@ def test_quickstart_notebook_runs_in_a_kernel(tmp_path):
     assert "p50_ms" in html(sql) and "pytorch" in html(sql)
     assert html(report).startswith("<iframe srcdoc=") and "Recommendation" in html(report)
     assert (tmp_path / "quickstart.duckdb").is_file()
+
+
+RUN_IN_KERNEL = f"""
+import sys, fleetbench
+sweep = {{"name": "kernel", "models": [{{"name": "digits", "source": "timm:test_resnet",
+          "checkpoint": {str(ROOT / "examples" / "digits" / "model.safetensors")!r}, "num_classes": 10,
+          "input_size": [3, 32, 32]}}], "dataset": {{"kind": "digits", "limit": 24}},
+          "backends": ["pytorch", "onnxruntime"], "measure": {{"min_duration_s": 60, "max_duration_s": 120}}}}
+fleetbench.run(sweep, db="k.duckdb", progress=False, out=sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_interrupting_the_kernel_stops_the_sweep_as_ctrl_c_does(tmp_path):
+    """Interrupt the kernel mid-run: the cell ends with Interrupted, the run is marked interrupted and the
+    embedded cluster is stopped, the kernel lives on."""
+    from jupyter_client.manager import start_new_kernel
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        run_id = kc.execute(RUN_IN_KERNEL)
+        seen = ""
+        while " to run" not in seen:      # the run is stored and its jobs are being dispatched
+            msg = kc.get_iopub_msg(timeout=300)
+            seen += msg["content"].get("text", "") if msg["msg_type"] == "stream" else ""
+            assert msg["msg_type"] != "error", msg["content"]
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=120)
+        while reply["parent_header"].get("msg_id") != run_id:   # the start's kernel_info reply comes first
+            reply = kc.get_shell_msg(timeout=120)
+        reply = reply["content"]
+        assert (reply["status"], reply["ename"]) == ("error", "Interrupted"), reply
+        assert "rows stored so far are kept in k.duckdb" in reply["evalue"] and "resume=True" in reply["evalue"]
+        printed: list[str] = []
+        check = kc.execute_interactive("import ray; print(ray.is_initialized(), "
+                                       "list(fleetbench.open('k.duckdb').runs()['status']))", timeout=60,
+                                       output_hook=lambda m: printed.append(m["content"].get("text", "")))
+        assert check["content"]["status"] == "ok" and "".join(printed).strip() == "False ['interrupted']"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
