@@ -19,7 +19,8 @@ from markdown_it import MarkdownIt
 
 from fleetbench.coordinator.cli import main
 from fleetbench.shared.errors import printable, unsafe_char
-from tests.fixtures.hostile_db import build, set_name
+from tests.fixtures.hostile_db import hostile as hostile_db
+from tests.fixtures.hostile_db import set_name
 from tests.reliability.test_sweep_cases import GOOD, validate
 
 # Every kind of trouble at once: rich markup, ANSI colour, BEL, NUL, a newline that starts a Markdown heading,
@@ -37,9 +38,7 @@ class Tty(io.StringIO):
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> tuple[Path, str, str]:
-    db = tmp_path_factory.mktemp("names") / "r.duckdb"
-    first, second = build(db, EVIL)
-    return db, first, second
+    return hostile_db(tmp_path_factory.mktemp("names"), EVIL, tmp_path_factory.getbasetemp())
 
 
 def use_tty(monkeypatch) -> Tty:

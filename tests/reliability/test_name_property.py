@@ -23,9 +23,8 @@ from markdown_it import MarkdownIt
 from fleetbench.coordinator.formats import render as render_format
 from fleetbench.coordinator.report import compose, data, render_html, render_md, render_term
 from fleetbench.shared.errors import printable, unsafe_char
-from tests.fixtures.hostile_db import build
+from tests.fixtures.hostile_db import PLACEHOLDER, hostile
 
-PLACEHOLDER = "Zq9PLACEHOLDERq9Z"
 FRAGMENTS = ["[/bold]", "[bold red]", "[link=https://evil.example]", "[/link]", "[/]", "\x1b[31m", "\x1b[2J",
              "\x1b]8;;http://evil\x07", "\x07", "\x00", "\n# Injected\n", "\r", "\t", "\x7f", "\x85", "\u2028",
              "\u202e", "\u200b", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "</td></tr>", "|",
@@ -42,8 +41,7 @@ PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3",
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory) -> data.RunData:
-    db = tmp_path_factory.mktemp("names") / "r.duckdb"
-    build(db, PLACEHOLDER)
+    db, _, _ = hostile(tmp_path_factory.mktemp("names"), PLACEHOLDER, tmp_path_factory.getbasetemp())
     return data.load(db)
 
 
@@ -74,11 +72,11 @@ class Tty(io.StringIO):
         return True
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=30)    # rich lays out every table: the slowest renderer
 @given(NAMES)
 def test_terminal(stored, name):
     rep = compose.compose(named(stored, name))
-    with mock.patch.dict(os.environ, {"TERM": "dumb", "COLUMNS": "4000", "LINES": "50"}):
+    with mock.patch.dict(os.environ, {"TERM": "dumb", "COLUMNS": "600", "LINES": "50"}):
         for out in (Tty(), io.StringIO()):       # rich tables, then plain text
             render_term.render(rep, file=out)
             text = out.getvalue()

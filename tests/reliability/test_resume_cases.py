@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -16,7 +17,7 @@ from fleetbench.coordinator import cluster
 from fleetbench.coordinator.cli import main
 from fleetbench.coordinator.run import preflight
 from fleetbench.coordinator.spec import spec_json
-from fleetbench.coordinator.store import Store
+from fleetbench.coordinator.store import Store, new_run_id
 
 from .test_db_cases import cli, digest
 from .test_sweep_cases import GOOD
@@ -38,13 +39,33 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> Path:
+    """A results database as `Store` creates it, copied by each test (creating one costs most of a test)."""
+    db = tmp_path_factory.mktemp("resume") / "empty.duckdb"
+    with Store(db):
+        pass
+    return db
+
+
+@pytest.fixture
+def db(empty_db, tmp_path) -> Path:
+    shutil.copy(empty_db, tmp_path / "r.duckdb")
+    return tmp_path / "r.duckdb"
+
+
 def started(db: Path, sweep: Path, spec: str | None = None) -> str:
-    """A run of `sweep` as `coordinator run` starts it (its stored spec), interrupted before any row."""
+    """A run of `sweep` with the spec `coordinator run` stores for it (`Store.start_run`'s row), interrupted
+    before any row."""
     checked = preflight(str(sweep))
-    with Store(db) as store:
-        run = store.start_run(checked.sweep.name, spec if spec is not None else spec_json(checked.sweep, checked.hashes),
-                              None)
-        store.finish_run(run, "interrupted")
+    run = new_run_id()
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("INSERT INTO sweeps (run_id, sweep, started_at, spec, status) VALUES (?, ?, now(), ?, "
+                    "'interrupted')", [run, checked.sweep.name,
+                                       spec if spec is not None else spec_json(checked.sweep, checked.hashes)])
+    finally:
+        con.close()
     return run
 
 
@@ -55,8 +76,8 @@ def refused(capsys, sweep: Path, db: Path) -> str:
     return lines[0]
 
 
-def test_changed_batch_size_is_refused_naming_it(tmp_path, capsys):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_changed_batch_size_is_refused_naming_it(tmp_path, capsys, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     run = started(db, sweep)
     write(sweep, GOOD.replace("batch_sizes: [1]", "batch_sizes: [1, 2]"))
     assert refused(capsys, sweep, db) == (
@@ -64,15 +85,15 @@ def test_changed_batch_size_is_refused_naming_it(tmp_path, capsys):
         "a run holds one spec: run without --resume to start a new run")
 
 
-def test_unchanged_sweep_resumes(tmp_path):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_unchanged_sweep_resumes(tmp_path, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     started(db, sweep)
     with pytest.raises(Reached):
         main(["run", str(sweep), "--db", str(db), "--resume"])
 
 
-def test_same_sweep_spelled_differently_resumes(tmp_path):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_same_sweep_spelled_differently_resumes(tmp_path, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     started(db, sweep)
     write(sweep, "# the same sweep, written another way\n" + GOOD
           .replace("compression: [none]", "compression:\n  - {method: none}")
@@ -82,10 +103,9 @@ def test_same_sweep_spelled_differently_resumes(tmp_path):
         main(["run", str(sweep), "--db", str(db), "--resume"])
 
 
-def test_changed_checkpoint_bytes_are_refused(tmp_path, capsys):
+def test_changed_checkpoint_bytes_are_refused(tmp_path, capsys, db):
     (tmp_path / "w.bin").write_bytes(b"weights one")
     sweep = write(tmp_path / "sweep.yaml", GOOD.replace("    num_classes: 10\n", "    num_classes: 10\n    checkpoint: w.bin\n"))
-    db = tmp_path / "r.duckdb"
     run = started(db, sweep)
     (tmp_path / "w.bin").write_bytes(b"weights two")
     line = refused(capsys, sweep, db)
@@ -93,8 +113,8 @@ def test_changed_checkpoint_bytes_are_refused(tmp_path, capsys):
     assert line.count(" -> ") == 1
 
 
-def test_many_changes_show_three_and_count_the_rest(tmp_path, capsys):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_many_changes_show_three_and_count_the_rest(tmp_path, capsys, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     started(db, sweep)
     write(sweep, GOOD.replace("num_classes: 10", "num_classes: 12").replace("min_iters: 3", "min_iters: 4")
           .replace("limit: 8", "limit: 16").replace("timeout_s: 60", "timeout_s: 61"))
@@ -102,16 +122,16 @@ def test_many_changes_show_three_and_count_the_rest(tmp_path, capsys):
     assert "models[0].num_classes: 10 -> 12; dataset.limit: 8 -> 16; measure.min_iters: 3 -> 4 (and 1 more);" in line
 
 
-def test_added_model_is_refused(tmp_path, capsys):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_added_model_is_refused(tmp_path, capsys, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     started(db, sweep)
     write(sweep, GOOD.replace("models:\n", "models:\n  - {name: m2, source: 'timm:test_resnet', num_classes: 10}\n"))
     assert "models: [{" in refused(capsys, sweep, db)
 
 
-def test_a_field_added_since_takes_its_default(tmp_path):
+def test_a_field_added_since_takes_its_default(tmp_path, db):
     """A run stored by an older fleetbench has no key for a field added since: its default is what it ran."""
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     checked = preflight(str(sweep))
     spec = json.loads(spec_json(checked.sweep, checked.hashes))
     del spec["scenarios"], spec["measure"]["repeat_mode"]
@@ -121,16 +141,16 @@ def test_a_field_added_since_takes_its_default(tmp_path):
 
 
 @pytest.mark.parametrize("stored", ["{}", "null", '{"name": "hostile", "models": "x"}'])
-def test_a_run_without_a_readable_spec_is_not_resumed(tmp_path, capsys, stored):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_a_run_without_a_readable_spec_is_not_resumed(tmp_path, capsys, stored, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     run = started(db, sweep, stored)
     assert refused(capsys, sweep, db) == (
         f"--resume: run {run} has no spec this version can read, so it cannot be shown to be the same sweep; "
         "run without --resume to start a new run")
 
 
-def test_the_latest_run_is_the_one_compared(tmp_path, capsys):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_the_latest_run_is_the_one_compared(tmp_path, capsys, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     started(db, sweep)                                     # older run: this file
     write(sweep, GOOD.replace("min_iters: 3", "min_iters: 5"))
     latest = started(db, sweep)                            # latest run: min_iters 5
@@ -139,8 +159,8 @@ def test_the_latest_run_is_the_one_compared(tmp_path, capsys):
                                                  "with: measure.min_iters: 5 -> 3;")
 
 
-def test_changed_value_text_is_shown_escaped(tmp_path, capsys):
-    sweep, db = write(tmp_path / "sweep.yaml", GOOD), tmp_path / "r.duckdb"
+def test_changed_value_text_is_shown_escaped(tmp_path, capsys, db):
+    sweep = write(tmp_path / "sweep.yaml", GOOD)
     started(db, sweep)
     write(sweep, GOOD.replace("targets: [all]", 'targets: ["node:a b"]'))
     assert 'targets[0]: "all" -> "node:a b"' in refused(capsys, sweep, db)
@@ -160,10 +180,9 @@ def test_the_resume_hint_is_shell_quoted(tmp_path, capsys, monkeypatch):
                               f"--db '{folder}/r 1.duckdb' --resume")
 
 
-def test_stored_spec_is_the_checked_sweep_with_its_file_hashes(tmp_path):
+def test_stored_spec_is_the_checked_sweep_with_its_file_hashes(tmp_path, db):
     (tmp_path / "w.bin").write_bytes(b"weights")
     sweep = write(tmp_path / "sweep.yaml", GOOD.replace("    num_classes: 10\n", "    num_classes: 10\n    checkpoint: w.bin\n"))
-    db = tmp_path / "r.duckdb"
     run = started(db, sweep)
     con = duckdb.connect(str(db), read_only=True)
     spec = json.loads(con.execute("SELECT spec FROM sweeps WHERE run_id = ?", [run]).fetchone()[0])
