@@ -1,11 +1,9 @@
 """The Python API (`import fleetbench`) and the command line run one code path and read the same rows.
 
-One database for the module: `coordinator run --model ... --save-sweep F` (the one-line form) runs a
-two-job sweep on the embedded cluster, then `fleetbench.run(F)` runs the same sweep again into it.
+One database for the module: `coordinator run --model ... --save-sweep F` (the one-line form, through the
+CLI's main) runs a two-job sweep on the embedded cluster, then `fleetbench.run(F)` runs the same sweep
+again into it.
 """
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
@@ -19,11 +17,10 @@ ROW = "job_id, status, model, compression, backend, device, batch_size, node"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import fleetbench
+    from fleetbench.coordinator import cli
     tmp = tmp_path_factory.mktemp("api")
     db, saved = tmp / "r.duckdb", tmp / "sweep.yaml"
-    cli = subprocess.run([sys.executable, "-m", "fleetbench.coordinator.cli", "run", *FLAGS, "--save-sweep", str(saved),
-                          "--db", str(db), "--no-progress"], cwd=tmp, capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli.main(["run", *FLAGS, "--save-sweep", str(saved), "--db", str(db), "--no-progress"]) == 0
     res = fleetbench.run(saved, db=db, progress=False)
     return db, saved, res
 
