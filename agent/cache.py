@@ -160,6 +160,13 @@ def code_hash(module: str) -> Optional[str]:
     return h.hexdigest()[:16]
 
 
+def code_version() -> Optional[str]:
+    """One hash of fleetbench's own code (agent, shared, coordinator): two checkouts that differ in any line
+    differ here, whatever their package version says."""
+    parts = {p: code_hash(f"fleetbench.{p}") for p in ("agent", "shared", "coordinator")}
+    return None if None in parts.values() else content_key(**parts)[:16]
+
+
 def inside(entry: Path, rel: Any) -> Optional[Path]:
     """entry/rel when `rel` is a relative path that stays inside `entry` through no symlink, else None."""
     if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:

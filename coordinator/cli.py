@@ -35,7 +35,7 @@ EPILOGS = {
   coordinator query "SELECT * FROM hardware"          the same configuration on every node""",
     "run": """examples:
   coordinator run examples/sweep.yaml
-  coordinator run sweep.yaml --db fleet.duckdb --address ray://head:10001
+  coordinator run sweep.yaml --db fleet.duckdb --address head:6379   on a node of the cluster (the head)
   coordinator run sweep.yaml --resume                 skip jobs already ok in the latest run
   coordinator run sweep.yaml --dry-run                per node: measurements, preparations, what is cached
   coordinator run --model timm:resnet18 --checkpoint w.safetensors --num-classes 10 --input-size 3,32,32 \

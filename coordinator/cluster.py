@@ -24,20 +24,29 @@ SLOT = "bench_slot"
 PROBE_TIMEOUT_S = 180.0   # for all probes together, not per node
 
 
-def connect(address: Optional[str] = None) -> str:
+def connect(address: Optional[str] = None, dispatch: bool = False) -> str:
     """Join `address` (or RAY_ADDRESS); without either, start the embedded local cluster on 127.0.0.1.
 
     Token authentication: the embedded cluster turns it on (Ray's default); to join a cluster that
     has it on, this process needs the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or
-    RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token, as `ray start` nodes do.
+    RAY_AUTH_TOKEN) and RAY_AUTH_MODE=token, as `ray start` nodes do: where a token is found and the
+    mode is not set, it is set here. `dispatch`: this process will run jobs, so it must be on a node
+    of the cluster (a Ray driver streams results through its own node's raylet and object store).
     """
     address = address or os.environ.get("RAY_ADDRESS")
     common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
+        if dispatch and address.startswith("ray://"):
+            raise ClusterError(f"--address {address}: a sweep cannot run over Ray Client (ray://: it cannot stream "
+                             "job rows); run the coordinator on a node of the cluster with --address HOST:6379")
+        token = _token_mode()
         try:
             ray.init(address=address, **common)
         except Exception as e:
-            raise ClusterError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})") from e
+            raise ClusterError(f"--address {address}: cannot join the Ray cluster ({type(e).__name__}: {e})"
+                             + _token_hint(token)) from e
+        if dispatch:
+            _check_local_node(address)
         _tighten_token()
         return address
     try:
@@ -52,6 +61,57 @@ def connect(address: Optional[str] = None) -> str:
     _start_reaper()
     _tighten_token()
     return "embedded"
+
+
+def token_source() -> Optional[str]:
+    """Where Ray would find this process's token (its own order), or None."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return f"RAY_AUTH_TOKEN_PATH={path}"
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() and default.stat().st_size else None
+
+
+def _token_mode() -> Optional[str]:
+    """Ray 2.60 sends no token to a cluster given by address unless RAY_AUTH_MODE=token: set it where a token
+    is found and the mode is unset. Returns the token's source, or None when none was found."""
+    source = token_source()
+    if source and not os.environ.get("RAY_AUTH_MODE"):
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")                          # Ray read the mode at import: read it again
+        AuthenticationTokenLoader.instance().reset_cache()
+        log.info("using the Ray token from %s (RAY_AUTH_MODE=token)", source)
+    return source
+
+
+def _token_hint(source: Optional[str]) -> str:
+    if os.environ.get("RAY_AUTH_MODE", "disabled") == "token" and source:
+        return f"; the token from {source} may not be this cluster's"
+    if source is None:
+        return ("; if the cluster uses token authentication (deploy/start-node.sh turns it on), copy the head's "
+                "~/.ray/auth_token to ~/.ray/auth_token here (or set RAY_AUTH_TOKEN_PATH to it) and set RAY_AUTH_MODE=token")
+    return ""
+
+
+def local_addresses() -> set[str]:
+    import psutil
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+def _check_local_node(address: str) -> None:
+    """Refuse a driver that Ray attached to another machine's raylet: its jobs would run, but their rows
+    would never come back (this machine is not a node of the cluster)."""
+    mine = ray.get_runtime_context().get_node_id()
+    ip = next((n.get("NodeManagerAddress") for n in ray.nodes() if n.get("NodeID") == mine), None)
+    if ip is None or ip in local_addresses():
+        return
+    ray.shutdown()
+    raise ClusterError(f"--address {address}: this machine is not a node of that Ray cluster (Ray attached it to "
+                     f"the node at {ip}, across the network): run the coordinator on the head or another node, "
+                     f"e.g. ssh {ip} and run the same command there (deploy/README.md, 'Run a sweep')")
 
 
 def private_temp() -> Path:
@@ -141,8 +201,11 @@ def node_options(node: dict) -> dict:
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
 def _probe(labels: dict) -> dict:
+    from fleetbench.agent.cache import code_version
     from fleetbench.agent.probe import probe
-    return probe(labels).to_dict()
+    out = probe(labels).to_dict()
+    out["versions"]["fleetbench-code"] = code_version()   # this node's code, not the coordinator's
+    return out
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
@@ -205,7 +268,28 @@ def discover(timeout_s: float = PROBE_TIMEOUT_S) -> list[NodeProfile]:
         log.warning("node %s did not answer its probe within %g s and is left out", refs[ref][:12], timeout_s)
         ray.cancel(ref, force=True)
     _unique_keys(profiles)
+    mine = own_versions()
+    for p in profiles:
+        p.refused = version_skew(p, mine)
+        if p.refused:
+            log.warning("%s: it runs no job of this sweep", p.refused)
     return sorted(profiles, key=lambda p: (p.node_key, p.node_id))
+
+
+SAME_VERSIONS = ("fleetbench-code", "ray", "python")   # what every node must share with the coordinator
+
+
+def own_versions() -> dict[str, Optional[str]]:
+    from fleetbench.agent.cache import code_version
+    from fleetbench.agent.probe import versions
+    return {**versions(), "fleetbench-code": code_version()}
+
+
+def version_skew(node: NodeProfile, mine: dict[str, Optional[str]]) -> Optional[str]:
+    """One line naming the node and what differs from the coordinator's (None: nothing differs)."""
+    diffs = [f"{k} {node.versions.get(k) or 'unknown'} (coordinator: {mine.get(k) or 'unknown'})"
+             for k in SAME_VERSIONS if node.versions.get(k) != mine.get(k)]
+    return f"node {node.node_key} differs from the coordinator: {', '.join(diffs)}" if diffs else None
 
 
 def _unique_keys(profiles: list[NodeProfile]) -> None:

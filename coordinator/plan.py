@@ -64,7 +64,7 @@ def plan(sweep: Sweep, nodes: list[NodeProfile], weights: Optional[dict[str, str
                 for backend in sweep.backends:
                     have = node.backend_devices(backend)
                     devices = have if sweep.devices == ["auto"] else sweep.devices
-                    reason = None if have else node.unavailable_reason(backend)
+                    reason = node.refused or (None if have else node.unavailable_reason(backend))
                     for device in devices or ["cpu"]:
                         for bs, scenario in ((b, s) for b in sweep.batch_sizes for s in sweep.scenarios):
                             job = Job(sweep=sweep.name, scenario=scenario, model=model, dataset=sweep.dataset,

@@ -234,7 +234,7 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
     again = resume_hint or resume_command([checked.source.origin], db, address)
     with interruptible() as signals, _writer_lock(db):   # a second coordinator on --db: refused before Ray
         try:
-            where = cluster.connect(address)
+            where = cluster.connect(address, dispatch=True)
             signals.arm()   # again: ray.init installs a SIGTERM handler of its own
             return _run_connected(sweep, sweep_path, db, where, resume, progress, out, hashes, payloads, signals,
                                   interleaved)

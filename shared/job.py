@@ -179,6 +179,7 @@ class NodeProfile:
     openvino_devices: list[str] = field(default_factory=list)
     versions: dict[str, Optional[str]] = field(default_factory=dict)
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: Optional[str] = None     # why the coordinator runs nothing here (its code or versions differ)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

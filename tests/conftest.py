@@ -39,3 +39,18 @@ def cached_artifact(job, backend):
     from fleetbench.agent import prepare
     got = prepare.stored_artifact(job, backend)
     return None if got is None else got[0]
+
+
+@pytest.fixture(scope="module")
+def host_fleet():
+    """A head, one worker and a coordinator host, each a network namespace with one CPU (tests/fleet_hosts.py),
+    made once per test module and removed after it, also when a test fails."""
+    from tests.fleet_hosts import HostFleet, unavailable
+    why = unavailable()
+    if why:
+        pytest.skip(f"a fleet of hosts as network namespaces {why}")
+    fleet = HostFleet.up(workers=1)
+    try:
+        yield fleet
+    finally:
+        fleet.down()

@@ -116,3 +116,26 @@ def test_scenarios_are_part_of_the_job_and_its_id():
     for bad in (["latency", "latency"], ["offline"], []):
         with pytest.raises(SweepError, match="scenarios"):
             sweep(scenarios=bad)
+
+
+def test_a_node_whose_code_or_versions_differ_gets_unsupported_rows_naming_the_difference():
+    from fleetbench.coordinator.cluster import own_versions, version_skew
+    mine = own_versions()
+    assert mine["fleetbench-code"] and mine["ray"] and mine["python"]
+    same, skewed = node("n-cpu", ["cpu"], "a" * 56), node("n-old", ["cpu"], "d" * 56)
+    same.versions = dict(mine)
+    skewed.versions = {**mine, "fleetbench-code": "0123456789abcdef", "ray": "2.59.0"}
+    assert version_skew(same, mine) is None
+    skewed.refused = version_skew(skewed, mine)
+    assert skewed.refused == (f"node n-old differs from the coordinator: fleetbench-code 0123456789abcdef (coordinator: "
+                              f"{mine['fleetbench-code']}), ray 2.59.0 (coordinator: {mine['ray']})")
+    p = plan(sweep(backends=["null"], batch_sizes=[1, 4]), [same, skewed])
+    assert {j.node_key for j in p.jobs} == {"n-cpu"} and len(p.jobs) == 2
+    assert [(r.node_id, r.status, r.error) for r in p.unsupported] == [("d" * 56, "unsupported", skewed.refused)] * 2
+
+
+def test_a_sweep_over_ray_client_is_refused_before_ray_is_touched():
+    from fleetbench.coordinator.cluster import connect
+    from fleetbench.shared.errors import FleetError
+    with pytest.raises(FleetError, match=r"^--address ray://head:10001: a sweep cannot run over Ray Client"):
+        connect("ray://head:10001", dispatch=True)
