@@ -289,8 +289,9 @@ cmd_down() {
     if [[ -f $ROOT/hosts ]]; then
         while read -r h _ _ _ role _; do
             [[ $role == coord || ! -d $ROOT/$h/ray/$h ]] ||
-                on_host "$h" "$HERE/start-node.sh" stop --name "$h" >>"$ROOT/$h/stop.log" 2>&1 || true
+                { on_host "$h" "$HERE/start-node.sh" stop --name "$h" >>"$ROOT/$h/stop.log" 2>&1 || true; } &
         done <"$ROOT/hosts"
+        wait
     fi
     # then whatever still runs inside this fleet's namespaces or cgroups (drivers, leftovers)
     for ns in $(ip netns list 2>/dev/null | awk -v p="$FLEET-" 'index($1, p) == 1 { print $1 }'); do

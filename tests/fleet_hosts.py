@@ -143,9 +143,11 @@ def other_checkout(dest: Path, venv: Path = Path(sys.prefix)) -> Path:
     editable from the copy as the install guide does.
     """
     src, new_venv = dest / "src", dest / "venv"
-    src.mkdir(parents=True)
-    for name in ("agent", "shared", "coordinator", "pyproject.toml", "README.md"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, src / name)
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     with open(src / "agent" / "probe.py", "a") as f:
         f.write("# the one line this checkout adds\n")
     subprocess.run(["cp", "-al", str(venv), str(new_venv)], check=True)

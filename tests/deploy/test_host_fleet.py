@@ -105,6 +105,24 @@ def test_a_node_from_another_checkout_gets_unsupported_rows_naming_the_differenc
         host_fleet.stop_node("w2")
 
 
+def test_a_slow_lossy_link_gives_the_same_rows(host_fleet):
+    """100 ms delay and 1% loss on w1's link (tc netem), where the kernel has netem."""
+    add = host_fleet.run("w1", "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "100ms", "loss", "1%",
+                         timeout=30)
+    if add.returncode != 0:
+        pytest.skip(f"no netem in this kernel ('tc qdisc add ... netem': {add.stderr.strip()[:200]}): a slow, lossy "
+                    "link cannot be made here")
+    try:
+        sweep = write_sweep(host_fleet.root / "head" / "slow.yaml", batch_sizes=[1, 2], targets=["node:w1"])
+        db = host_fleet.root / "head" / "slow.duckdb"
+        done = host_fleet.run("head", "coordinator", "run", sweep, "--db", db, "--address", host_fleet.head_address,
+                              "--no-progress", timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert [(r["hostname"], r["status"]) for r in rows(db)] == [("w1", "ok"), ("w1", "ok")]
+    finally:
+        host_fleet.run("w1", "tc", "qdisc", "del", "dev", "eth0", "root", timeout=30)
+
+
 def test_a_cut_cable_mid_sweep_fails_that_hosts_jobs_and_resume_runs_exactly_those(host_fleet):
     measure = {**MEASURE, "min_duration_s": 5, "max_duration_s": 6}
     sweep = write_sweep(host_fleet.root / "head" / "cut.yaml", batch_sizes=[1, 2, 3], measure=measure,
