@@ -81,7 +81,8 @@ def render(rep: Report, file=None) -> None:
     out.text("")
     for s in rep.sections:
         if s.warning:
-            out.text(f"{s.node}: {s.warning}\n")
+            out.text(f"{s.node}: {s.warning}")
+            out.text("")
         for model, rows in s.tables:
             out.table(table.COURSE, rows, title=f"{s.heading} · model {model}")
         if s.not_measured:

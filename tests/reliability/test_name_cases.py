@@ -250,3 +250,18 @@ def test_csv_quotes_a_bare_carriage_return(hostile, capsys):
     out = capsys.readouterr().out
     assert out == '"c\rd","n"\n"a\rb","1"\n'
     assert list(csv.reader(io.StringIO(out, newline=""))) == [["c\rd", "n"], ["a\rb", "1"]]
+
+
+def test_all_invalid_warning_with_a_hostile_reason_is_one_escaped_line(hostile, tmp_path, monkeypatch):
+    import duckdb
+    db = tmp_path / "invalid.duckdb"
+    shutil.copy(hostile[0], db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE results SET valid = false, validity = ? WHERE status = 'ok'", ["cv 40%\x1b[2J\n[/bold]"])
+    con.close()
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["report", "--db", str(db), "--md", str(tmp_path / "r.md")]) == 0
+    warning = next(ln for ln in out.getvalue().splitlines() if "was judged invalid" in ln)
+    assert warning.endswith("For example: cv 40%\\x1b[2J [/bold]") and raw_controls(out.getvalue()) == set()
+    assert "For example: cv 40%\\\\x1b\\[2J \\[/bold\\]**" in (tmp_path / "r.md").read_text()
