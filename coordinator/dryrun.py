@@ -17,6 +17,7 @@ from fleetbench.agent.cache import KINDS
 from fleetbench.coordinator import cluster
 from fleetbench.coordinator.plan import dataset_folder, plan
 from fleetbench.coordinator.run import SweepLike
+from fleetbench.shared.errors import printable
 from fleetbench.shared.job import Job
 
 
@@ -71,8 +72,8 @@ def dry_run(sweep_path: SweepLike, address: Optional[str] = None, out=None) -> d
                     errors.append(key)
                 else:
                     distinct[(kind, key)] = cached
-        print(f"\nnode {node.node_key} [{'+'.join(node.kinds)}]: {len(jobs)} measurement(s), "
-              f"{unsupported.get(node.node_id, 0)} unsupported here", file=out)
+        print("\n" + printable(f"node {node.node_key} [{'+'.join(node.kinds)}]: {len(jobs)} measurement(s), "
+                               f"{unsupported.get(node.node_id, 0)} unsupported here"), file=out)
         made = sum(not c for c in distinct.values())
         print(f"  preparations: {len(distinct)} distinct, {len(distinct) - made} already cached, {made} to make "
               f"(once each, before the measurements that need them)", file=out)
@@ -82,6 +83,6 @@ def dry_run(sweep_path: SweepLike, address: Optional[str] = None, out=None) -> d
             if n:
                 print(f"    {kind:<11} {n:4d}  ({cached} cached)", file=out)
         for e in sorted(set(errors)):
-            print(f"  cannot plan: {e}", file=out)
+            print(printable(f"  cannot plan: {e}"), file=out)
         summary[node.node_key] = {"measurements": len(jobs), "preparations": counts}
     return summary
