@@ -141,3 +141,24 @@ def test_query_formats(name):
     if name != "p50_ms":     # two columns of one name: another matter
         assert json.loads(render_format(columns, rows, "json")) == [{name: name, "p50_ms": 1.5},
                                                                      {name: "x", "p50_ms": None}]
+
+
+@settings(SETTINGS, max_examples=200)
+@given(NAMES, NAMES)
+def test_load_accepts_exactly_the_plain_names(sweep_name, model_name):
+    from fleetbench.shared.errors import SweepError
+    from fleetbench.shared.sweep import parse_sweep
+
+    def plain(n: str) -> bool:
+        return bool(n.strip()) and len(n) <= 200 and not any(unsafe_char(c) for c in n)
+    data = {"name": sweep_name, "models": [{"name": model_name, "source": "timm:resnet18", "num_classes": 10}],
+            "backends": ["pytorch"]}
+    try:
+        parse_sweep(data, "sweep.yaml")
+    except SweepError as e:
+        lines = str(e).splitlines()
+        assert [ln.split(": ")[1] for ln in lines] == [p for p, n in (("name", sweep_name),
+                                                                       ("models[0].name", model_name)) if not plain(n)]
+        assert not any(obeyed(ln) for ln in lines)
+    else:
+        assert plain(sweep_name) and plain(model_name)
