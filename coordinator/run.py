@@ -418,7 +418,7 @@ def _dispatch(store, run_id: str, unsupported: list[Result], jobs, payloads: dic
     total = len(unsupported) + len(jobs)   # rows to come: one per job (interleaved rounds merge into it)
     windows = HostWindows()
     collector = None
-    if interleaved and any(j.measure.repeats > 1 for j in jobs):
+    if interleaved and not racing(jobs) and any(j.measure.repeats > 1 for j in jobs):   # a race interleaves itself
         jobs, owner = rounds(jobs)
         collector = Collector(owner)
     bar = Progress(total, names, progress)
