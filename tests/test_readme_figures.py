@@ -56,3 +56,20 @@ def test_the_readmes_sweep_file_is_the_demos():
 
 def test_the_readme_is_read_in_five_minutes():
     assert len((ROOT / "README.md").read_text().splitlines()) < 200
+
+
+def test_every_local_link_of_the_readme_and_docs_resolves():
+    import re
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = [f"{page.name} -> {target}" for page in pages
+              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text())
+              if not target.startswith(("http://", "https://")) and not (page.parent / target).exists()]
+    assert broken == []
+
+
+def test_the_readmes_python_form_is_the_api_pages():
+    import re
+    block = re.compile(r"```python\n(import fleetbench\n.*?)```", re.S)
+    readme = block.search((ROOT / "README.md").read_text())
+    api = block.search((ROOT / "docs" / "python-api.md").read_text())
+    assert readme and api and readme.group(1) == api.group(1)
