@@ -177,14 +177,15 @@ def _execute(job: Job, out: Outcome, weights: Optional[bytes], workdir: Path, st
     scored = backend.needs_model and job.phase != "block"   # a race's timing block is timed only
     cached_pred = prepare.stored_predictions(job, backend, threads) if scored else None
     evaluate = scored and cached_pred is None
-    seq = Sequential.for_job(job, ref.pred, data.eval_y) if job.phase == "quality" and evaluate and ref else None
+    seq = Sequential.for_job(job, ref.pred, data.eval_y) if job.phase == "quality" and scored and ref else None
+    check = seq if evaluate else None   # cached predictions of the whole set: their counts are the evidence
     if backend.cacheable:
         spec = measureproc.Spec(job, measureproc.backend_target(backend), artifact, threads, streams,
-                                data.eval_x_path, evaluate, seq)
+                                data.eval_x_path, evaluate, check)
         run: EngineRun = measureproc.measure_in_child(spec, workdir, _forward(stage))
     else:
         run = run_engine(backend, artifact, job, threads, streams, example,
-                         (lambda: data.eval_x(mmap=seq is not None)) if evaluate else None, baseline_mb, stage, seq)
+                         (lambda: data.eval_x(mmap=check is not None)) if evaluate else None, baseline_mb, stage, check)
     for record in run.records:
         out.add(record)
     out.notes.extend(run.notes)
@@ -241,6 +242,9 @@ def _quality(st: _Job, data, ref, pred, cached_pred, out: Outcome) -> str:
                   "dataset, made by an earlier job")
     st.reuse["predictions"] = cached_pred is not None
     out.add(quality(pred, data.eval_y, ref.pred))
+    if job.phase == "quality":   # a race's quality step on the whole set: its counts are the evidence
+        seq = Sequential.for_job(job, ref.pred, data.eval_y)
+        out.add(sequential.evidence(seq.counts(np.asarray(pred)[seq.order], len(seq.order))))
     return source
 
 

@@ -31,6 +31,10 @@ def test_quality_step_stops_at_the_first_answer_and_a_block_is_timed_only(demo_m
     block = run_job(_job(demo_model_spec, quick_measure, backend, "block"))
     assert block.status == "ok" and block.samples_ms and block.latency_p50_ms > 0
     assert block.eval_samples is None and block.top1_agreement is None and block.race is None
+    # the node's cached predictions of the whole set (a full job made them): their counts are the evidence
+    assert run_job(_job(demo_model_spec, quick_measure, backend, "full")).eval_samples == 400
+    again = json.loads(run_job(_job(demo_model_spec, quick_measure, backend, "quality")).race)
+    assert again["n"] == again["total"] == 400 and again["decision"] == "within"
 
 
 def test_race_steps_have_ids_of_their_own_and_a_full_job_keeps_its_exhaustive_id(demo_model_spec, quick_measure):
