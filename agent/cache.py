@@ -399,7 +399,7 @@ def _made_here(item: Path, kind: str) -> bool:
         return _ours(item, stat.S_ISDIR if kind != "weights" else stat.S_ISREG)
     if kind == "weights":
         m = _WEIGHTS.fullmatch(name)
-        return bool(m) and _ours(item, stat.S_ISREG) and file_sha256(item) == m.group(1)
+        return m is not None and _ours(item, stat.S_ISREG) and file_sha256(item) == m.group(1)
     if not _ENTRY.fullmatch(name) or not _ours(item, stat.S_ISDIR) or not _ours(item / MANIFEST, stat.S_ISREG):
         return False
     try:
