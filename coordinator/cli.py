@@ -377,7 +377,7 @@ def _query(args) -> int:
         raise SweepError("query: --format parquet writes a file: give --output FILE")
     if args.output:
         from fleetbench.coordinator.outputs import check_output
-        check_output(args.output, "--output", force=args.force, db=args.db)
+        check_output(args.output, "--output", force=args.force, db=args.db, reads=[("-f", args.file)])
     try:
         columns, rows = read_query(args.db, sql)
     except KeyboardInterrupt:

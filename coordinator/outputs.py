@@ -32,20 +32,29 @@ def _is_db(path: Path, db: Path) -> bool:
     target, base = path.resolve(), db.resolve()
     if target == base or target.parent == base.parent and target.name.startswith(base.name + "."):
         return True
+    return _same_file(path, db)
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        return os.path.samefile(path, db)
+        return os.path.samefile(a, b)
     except OSError:
         return False
 
 
-def check_output(path: PathLike, flag: str, force: bool = False, db: Optional[PathLike] = None) -> Path:
-    """Refuse (SweepError, one line naming `flag`) a path this command must not write; returns it."""
+def check_output(path: PathLike, flag: str, force: bool = False, db: Optional[PathLike] = None,
+                 reads: Iterable[tuple[str, Optional[PathLike]]] = ()) -> Path:
+    """Refuse (SweepError, one line naming `flag`) a path this command must not write; returns it.
+    `reads`: (flag, path) of files the command reads (the -f SQL file): never written, not even with --force."""
     path = Path(path)
     where = f"{flag} {path}"
     if not str(path) or str(path).endswith(os.sep):
         raise SweepError(f"{where}: not a file name")
     if db is not None and _is_db(path, Path(db)):
         raise SweepError(f"{where}: is the results database (--db); refused, nothing was written")
+    for other, read in reads:
+        if read and (path.resolve() == Path(read).resolve() or _same_file(path, Path(read))):
+            raise SweepError(f"{where}: is the file {other} reads; refused, nothing was written")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

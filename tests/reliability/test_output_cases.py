@@ -115,11 +115,12 @@ def test_a_device_stays_a_device(db, capsys):
     assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
 
 
-def test_dev_stdout_a_symlink_is_refused_and_stays_a_symlink(db, capsys):
+@pytest.mark.parametrize("cmd", [["report", "--md"], ["query", "SELECT 1 AS x", "--output"]])
+def test_dev_stdout_a_symlink_is_refused_and_stays_a_symlink(db, capsys, cmd):
     before = os.readlink("/dev/stdout")
-    rc, out, err = run_cli(capsys, "report", "--db", db, "--md", "/dev/stdout", "--force")
-    assert rc == 2 and err == ["coordinator: --md /dev/stdout: is a symbolic link, not a regular file; refused, "
-                               "nothing was written"]
+    rc, out, err = run_cli(capsys, *cmd, "/dev/stdout", "--db", db, "--force")
+    assert rc == 2 and err == [f"coordinator: {cmd[-1]} /dev/stdout: is a symbolic link, not a regular file; "
+                               "refused, nothing was written"]
     assert os.path.islink("/dev/stdout") and os.readlink("/dev/stdout") == before and out == ""
 
 
@@ -174,6 +175,14 @@ def test_an_existing_file_is_kept_unless_force(db, capsys, tmp_path):
     assert sweep.read_text() == "name: mine\n"
     rc, _, _ = run_cli(capsys, "query", "SELECT 1 AS x", "--db", db, "--format", "csv", "--output", sweep, "--force")
     assert rc == 0 and sweep.read_text() == "x\n1\n"
+
+
+def test_the_sql_file_being_read_is_never_the_output_even_with_force(db, capsys, tmp_path):
+    sql = tmp_path / "q.sql"
+    sql.write_text("SELECT 1 AS x")
+    rc, _, err = run_cli(capsys, "query", "-f", sql, "--db", db, "--format", "csv", "-o", sql, "--force")
+    assert rc == 2 and err == [f"coordinator: --output {sql}: is the file -f reads; refused, nothing was written"]
+    assert sql.read_text() == "SELECT 1 AS x"
 
 
 def test_report_refuses_an_existing_md_before_writing_the_html(db, capsys, tmp_path):
