@@ -81,9 +81,10 @@ print("reaped")
 """
 
 
-@pytest.mark.parametrize("how", ["exits", "killed"])
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case, how", [(case, "exits") for case in CASES] + [
+    (case, "killed") for case in ("new_session", "double_fork_daemon", "stopped", "respawner")])
 def test_nothing_a_job_started_outlives_it(case, how, pids):
+    """The job ends (exits, or is killed with its session at its timeout); what it started is gone by then."""
     out = subprocess.run([sys.executable, "-c", STAND_IN, case, how], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "reaped", out.stderr[-2000:]
@@ -110,7 +111,11 @@ def model_job(name: str, **kw):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])   # forked by the warm launcher; a fresh one
 def test_what_the_models_code_started_is_gone_with_the_job_and_a_pipe_holder_is_no_timeout(backend, launcher,
-                                                                                          pids):
+                                                                                          pids, monkeypatch):
+    mask = os.sched_getaffinity(0)
+    if backend == "onnxruntime":   # libgomp pins the thread that imports it (torch, scikit-learn) to one CPU
+        monkeypatch.setenv("OMP_PROC_BIND", "true")
+        monkeypatch.setenv("OMP_PLACES", "cores")
     row = run(model_job("escapes", backend=backend, limit=20 if backend == "pytorch" else 21, timeout_s=120))
     assert (row.status, row.stage, row.error) == ("ok", None, None)   # not "timed out in stage evaluate"
     started = noted(pids)
@@ -118,19 +123,8 @@ def test_what_the_models_code_started_is_gone_with_the_job_and_a_pipe_holder_is_
     assert alive(started, wait_s=5) == []
     if backend == "onnxruntime":
         assert launcher.proc is not None and launcher.proc.poll() is None   # the warm one serves the next job
-
-
-def test_a_forked_job_gets_the_cpus_its_supervisor_had_not_a_mask_libgomp_pinned(launcher, pids, monkeypatch):
-    mask = os.sched_getaffinity(0)
-    if len(mask) < 2:
-        pytest.skip("needs two CPUs to tell a pinned mask from the whole one")
-    monkeypatch.setenv("OMP_PROC_BIND", "true")   # libgomp pins its importing thread (torch, scikit-learn)
-    monkeypatch.setenv("OMP_PLACES", "cores")
-    row = run(model_job("reports_cpus", limit=22))
-    assert row.status == "ok", row.error
-    lines = pids.read_text().split("\n")
-    assert f"cpus {cpu_list(mask)}" in lines                 # the job process's mask
-    assert row.cpus_allowed == cpu_list(mask)                # and its measuring process's, on the row
+        # the forked job process and its measuring process run on the supervisor's CPUs, not a pinned one
+        assert f"cpus {cpu_list(mask)}" in pids.read_text().split("\n") and row.cpus_allowed == cpu_list(mask)
 
 
 SITE = """
