@@ -87,8 +87,11 @@ def best(rows: Iterable[dict[str, Any]], max_drop: float = 0.01, max_size_mb: Op
             picks.append(Pick(node, model, bs, None, f"no row with {limit}"))
             continue
         win = min(within, key=lambda r: _tie_key(r, metric, higher))
+        tied = [f"{r.get('backend')} {r.get('compression')}" for r in within
+                if r is not win and by == "p50" and _overlap(_interval(r), _interval(win))]
         picks.append(Pick(node, model, bs, win, f"fastest of {len(within)} within the bound, "
-                                                f"{len(ok) - len(within)} left out"))
+                                                f"{len(ok) - len(within)} left out"
+                          + (f"; tied within the p50 interval: {', '.join(sorted(tied))}" if tied else "")))
     return picks
 
 
@@ -97,24 +100,39 @@ def r_metric(rows: list[dict[str, Any]]) -> str:
     return "/".join(metrics)
 
 
-def _dominates(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    """a is no worse than b everywhere (lower latency, higher quality, lower size) and better somewhere."""
-    no_worse = a[0] <= b[0] and a[1] >= b[1] and a[2] <= b[2]
-    return no_worse and (a[0] < b[0] or a[1] > b[1] or a[2] < b[2])
+def _interval(r: dict[str, Any]) -> tuple[float, float]:
+    """The row's p50 interval (its 95% interval where stored, else the point)."""
+    p50 = _num(r.get("latency_p50_ms"))
+    low, high = _num(r.get("latency_p50_ci_low_ms")), _num(r.get("latency_p50_ci_high_ms"))
+    return (low, high) if low is not None and high is not None and p50 is not None else (p50, p50)
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
+    """a is no worse than b everywhere (lower latency, higher quality, lower size) and better somewhere;
+    latency counts as better only when a's p50 interval lies wholly below b's (beyond the noise)."""
+    (a_lo, a_hi), (b_lo, b_hi) = a[0], b[0]
+    no_worse = a_lo <= b_hi and a[1] >= b[1] and a[2] <= b[2]
+    return no_worse and (a_hi < b_lo or a[1] > b[1] or a[2] < b[2])
 
 
 def pareto(rows: Iterable[dict[str, Any]]) -> set[str]:
-    """Job ids on the front of latency (p50) x quality x size, per (node, model, batch size).
+    """Job ids on the front of latency (p50) x quality x size, per (node, model, batch size). A row is
+    dominated on latency only beyond the noise: where both have a p50 interval, when the other's lies
+    wholly below its own.
 
     Rows without one of the three figures cannot be placed and are never on the front; rows with
     identical figures are both on it.
     """
-    groups: dict[tuple, list[tuple[str, tuple[float, float, float]]]] = {}
+    groups: dict[tuple, list[tuple[str, tuple]]] = {}
     for r in rows:
         p50, quality, size = _num(r.get("latency_p50_ms")), _num(r.get("quality")), _num(r.get("size_mb"))
         if not _usable(r) or p50 is None or quality is None or size is None:
             continue
-        groups.setdefault((r["node"], r["model"], r["batch_size"]), []).append((r["job_id"], (p50, quality, size)))
+        groups.setdefault((r["node"], r["model"], r["batch_size"]), []).append((r["job_id"], (_interval(r), quality, size)))
     front = set()
     for members in groups.values():
         for job_id, point in members:

@@ -75,6 +75,15 @@ def test_pareto_keeps_tradeoffs_and_identical_points():
     assert pareto(rows) == {"fast", "twin", "good", "small"}
 
 
+def test_pareto_and_best_see_a_difference_inside_the_p50_interval_as_a_tie():
+    rows = [row("a", p50=5.0, latency_p50_ci_low_ms=4.8, latency_p50_ci_high_ms=5.3),
+            row("b", backend="onnxruntime", p50=5.1, latency_p50_ci_low_ms=4.9, latency_p50_ci_high_ms=5.4),
+            row("c", backend="openvino", p50=7.0, latency_p50_ci_low_ms=6.8, latency_p50_ci_high_ms=7.2)]
+    assert pareto(rows) == {"a", "b"}                 # b is slower only inside the noise; c beyond it
+    (pick,) = best(rows)
+    assert pick.row["job_id"] == "a" and pick.why.endswith("tied within the p50 interval: onnxruntime none")
+
+
 def test_unknown_by_is_refused():
     with pytest.raises(ValueError, match="p50"):
         best([], by="fastest")
