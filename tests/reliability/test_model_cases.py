@@ -405,3 +405,15 @@ def test_a_model_in_a_namespace_package_nobody_imported_yet_is_keyed(user_tree):
     assert "nsroot" not in sys.modules
     write(user_tree / "nsroot" / "deep" / "helper.py", "X = 2\n")
     assert prepare.model_key(job) != before
+
+
+def test_run_refuses_a_one_class_folder_before_the_fleet_or_the_database(tmp_path, monkeypatch):
+    from fleetbench.coordinator import cluster
+    from fleetbench.coordinator.run import run_sweep
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    folder = image_folder(tmp_path / "imgs", ["only"], per_class=4)
+    db = tmp_path / "r.duckdb"
+    with pytest.raises(SweepError, match=r"^.*s\.yaml: dataset\.path: .*imgs: images in 1 class folder \('only'\) of 1;"):
+        run_sweep(str(sweep_file(tmp_path, {"kind": "imagefolder", "path": str(folder)})), db=str(db),
+                  progress=False)
+    assert not db.exists()
