@@ -102,7 +102,8 @@ def test_logits_that_overflow_an_fp16_engine_fail_at_evaluate_with_their_count()
 
 def test_constant_output_and_a_limit_above_the_dataset_are_said_in_the_notes():
     available = len(digits_split()[1])
-    job = job_of("python:tests.fixtures.bad_models:constant", dataset=DatasetSpec(kind="digits", limit=10_000_000))
+    job = job_of("python:tests.fixtures.bad_models:constant", dataset=DatasetSpec(kind="digits", limit=10_000_000),
+                 input_size=(3, 8, 8))
     r = run_job(job)
     assert r.status == "ok", r.error
     assert f"dataset.limit 10000000 > {available} images: using {available}" in r.notes
