@@ -18,7 +18,8 @@ A cache must not lie, and nobody else may fill it:
 - on read every file is checked against its recorded size and SHA-256, must be a plain file (not a
   symlink) inside the entry; anything else is a miss, the damaged entry is removed and made again.
 
-The base folder gets a marker file (MARKER) when the cache makes it or finds it empty; `prune` works only
+The base folder gets a marker file (MARKER) when the cache makes it or finds it holding only what a
+fleetbench cache holds; `prune` works only
 in a marked folder and removes only what it can prove the cache made (see `prune`).
 
 Only plain-file artifacts are cached as engines: a backend declares `cacheable = False` when its
@@ -75,18 +76,21 @@ def base_dir() -> Path:
 
 
 MARKER = ".fleetbench-cache"   # in a cache folder fleetbench made (or adopted): `prune` works only there
+# What a fleetbench cache folder holds at its top (engines of TensorRT and ORT's TensorRT EP, the GEMM peaks).
+_TOP = frozenset({*KINDS, "weights", "tensorrt", "ort-tensorrt", "peaks.json", MARKER})
 _MARKER_TEXT = ("This folder is a fleetbench node cache: fleetbench made it. `coordinator cache prune` removes\n"
                 "only the entries fleetbench made in it (<kind>/<32 hex>/ with their manifest, weights/<sha256>).\n")
 
 
 def kind_dir(kind: str) -> Path:
     """base/<kind> (kind: an entry kind, or `weights`), made 0700; the base folder gets its marker when this
-    call made it or found it empty: a folder that holds anything else was not made for the cache."""
+    call made it or found it holding nothing but what fleetbench puts there (empty, or an older
+    fleetbench's cache): a folder that holds anything else was not made for the cache."""
     base = base_dir()
     fresh = not base.exists() and not base.is_symlink()
     private_dir(base)
     marker = base / MARKER
-    if not marker.exists() and (fresh or not any(base.iterdir())):
+    if not marker.exists() and (fresh or _foreign(base) is None):
         marker.write_text(_MARKER_TEXT)
     return private_dir(base / kind)
 
@@ -334,8 +338,12 @@ class NotACache(OSError):
 _ENTRY = re.compile(r"[0-9a-f]{32}")                              # content_key
 _TMP = re.compile(r"\.tmp-[0-9a-f]{8}-[a-z0-9_]{8}")              # mkdtemp / mkstemp of put and weights
 _WEIGHTS = re.compile(r"([0-9a-f]{64})(\.[A-Za-z0-9_]{1,16})?")    # materialise_weights: <sha256><suffix>
-# What a fleetbench cache folder holds at its top (engines of TensorRT and ORT's TensorRT EP, the GEMM peaks).
-_TOP = frozenset({*KINDS, "weights", "tensorrt", "ort-tensorrt", "peaks.json", MARKER})
+
+
+def _foreign(base: Path) -> Optional[str]:
+    """The first name in `base` that no fleetbench cache holds at its top, else None."""
+    return next((item.name for item in sorted(base.iterdir())
+                 if item.name not in _TOP and not re.fullmatch(r"peaks\.\d+\.tmp", item.name)), None)
 
 
 def adopt(base: Path) -> None:
@@ -344,10 +352,9 @@ def adopt(base: Path) -> None:
     st = os.lstat(base)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise NotACache(f"{base}: not a folder of this user; not adopted, nothing removed")
-    for item in sorted(base.iterdir()):
-        if item.name not in _TOP and not re.fullmatch(r"peaks\.\d+\.tmp", item.name):
-            raise NotACache(f"{base}: holds {item.name!r}, which no fleetbench cache holds; not adopted, "
-                            "nothing removed")
+    foreign = _foreign(base)
+    if foreign is not None:
+        raise NotACache(f"{base}: holds {foreign!r}, which no fleetbench cache holds; not adopted, nothing removed")
     (base / MARKER).write_text(_MARKER_TEXT)
 
 

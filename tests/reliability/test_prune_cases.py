@@ -93,12 +93,15 @@ def test_an_existing_folder_holding_other_files_is_used_but_never_marked(tmp_pat
     assert prune_cli(capsys)[0] == 2 and made.is_dir() and (project / "notes.txt").read_text() == "mine"
 
 
-def test_an_empty_existing_folder_is_marked_on_first_use(tmp_path, monkeypatch):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setenv("FLEETBENCH_CACHE", str(empty))
+@pytest.mark.parametrize("holds", [[], ["peaks.json", "tensorrt/"], ["engines/", "weights/"]])
+def test_a_folder_holding_only_what_the_cache_writes_is_marked_on_first_use(tmp_path, monkeypatch, holds):
+    folder = tmp_path / "c"   # empty, or what the GEMM probe, TensorRT or an older fleetbench left there
+    folder.mkdir()
+    for name in holds:
+        (folder / name).mkdir() if name.endswith("/") else (folder / name).write_text("{}")
+    monkeypatch.setenv("FLEETBENCH_CACHE", str(folder))
     entry("reference")
-    assert (empty / ".fleetbench-cache").is_file()
+    assert (folder / ".fleetbench-cache").is_file()
 
 
 def test_in_a_marked_folder_only_provable_entries_go(fresh, tmp_path, capsys):
