@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +54,15 @@ def has_open(pid: int, path: Path) -> bool:
 
 
 def interrupt(procs, delays) -> list[tuple[int, float, list[str]]]:
-    """SIGINT to each process after its delay; (exit code, seconds from signal to exit, stderr lines) each."""
+    """SIGINT to each process after its delay; (exit code, seconds from its signal to its exit, stderr lines)."""
+    ended: dict[int, float] = {}
+
+    def watch(p):
+        p.wait()
+        ended[p.pid] = time.monotonic()
+    watchers = [threading.Thread(target=watch, args=(p,), daemon=True) for p in procs]
+    for w in watchers:
+        w.start()
     out = []
     try:
         sent = {}
@@ -62,9 +71,10 @@ def interrupt(procs, delays) -> list[tuple[int, float, list[str]]]:
             time.sleep(max(0.0, t0 + delay - time.monotonic()))
             p.send_signal(signal.SIGINT)
             sent[p.pid] = time.monotonic()
-        for p in procs:
+        for p, w in zip(procs, watchers):
+            w.join(30)
             _, err = p.communicate(timeout=30)
-            out.append((p.returncode, time.monotonic() - sent[p.pid], err.decode().splitlines()))
+            out.append((p.returncode, ended[p.pid] - sent[p.pid], err.decode().splitlines()))
     finally:
         for p in procs:
             if p.poll() is None:
