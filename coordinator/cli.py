@@ -563,5 +563,6 @@ def _again(args) -> str:
     what = [args.sweep or args.save_sweep] if args.sweep or args.save_sweep else flags.command(args)
     return resume_command(what, args.db, args.address)
 
+
 if __name__ == "__main__":
     sys.exit(main())

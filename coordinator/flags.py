@@ -18,9 +18,10 @@ from fleetbench.shared.sweep import BACKENDS, Sweep, parse_sweep
 FLAG_OF = {"models[0].source": "--model", "models[0].checkpoint": "--checkpoint", "models[0].pretrained": "--pretrained",
            "models[0].num_classes": "--num-classes", "models[0].input_size": "--input-size",
            "models[0].name": "--model", "name": "--model", "compression": "--compression", "backends": "--backends",
-           "batch_sizes": "--batch-sizes", "dataset": "--dataset", "dataset.limit": "--limit"}
+           "batch_sizes": "--batch-sizes", "dataset": "--dataset", "dataset.limit": "--limit",
+           "measure": "--measure"}
 FLAGS = ("checkpoint", "pretrained", "num_classes", "input_size", "compression", "backends", "batch_sizes",
-         "dataset", "limit", "save_sweep", "force")
+         "dataset", "limit", "measure", "save_sweep", "force")
 ORIGIN = "sweep"   # what read_sweep and parse_sweep call a sweep that is not a file
 
 
@@ -41,6 +42,8 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", metavar="KIND", help="digits (built in), synthetic, or imagefolder:PATH "
                    "(default: digits)")
     g.add_argument("--limit", type=int, metavar="N", help="evaluate on at most N items of the dataset")
+    g.add_argument("--measure", metavar="K=V,...", help="timing settings, as the sweep file's measure: "
+                   "(e.g. min_duration_s=0.5,min_iters=20,warmup_iters=2)")
     g.add_argument("--save-sweep", metavar="FILE", help="write the sweep it runs as YAML to FILE, before it runs")
     g.add_argument("--force", action="store_true", help="let --save-sweep replace an existing file")
 
@@ -74,6 +77,22 @@ def _ints(flag: str, text: str, problems: list[str], count: Optional[int] = None
 
 def _words(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()] or [text]
+
+
+def _measure(text: str, problems: list[str]) -> dict[str, Any]:
+    """`k=v,k=v` as a mapping; values read as YAML scalars (numbers, true/false, null)."""
+    import yaml
+    out: dict[str, Any] = {}
+    for part in _words(text):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--measure: {part!r}: expected KEY=VALUE (e.g. min_duration_s=0.5)")
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            problems.append(f"--measure: {part!r}: {value!r} is not a number, true, false or null")
+    return out
 
 
 def _dataset(text: str) -> dict[str, Any]:
@@ -116,6 +135,8 @@ def sweep_dict(args: argparse.Namespace, problems: Optional[list[str]] = None) -
     data = {"name": model["name"], "models": [model], "dataset": dataset, "compression": _words(args.compression or "none"),
             "backends": list(BACKENDS) if backends == ["all"] else backends,
             "batch_sizes": _ints("--batch-sizes", args.batch_sizes or "1", noted) or [1]}
+    if args.measure:
+        data["measure"] = _measure(args.measure, noted)
     if noted:
         if problems is None:
             raise SweepError("\n".join(noted))

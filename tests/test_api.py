@@ -10,7 +10,8 @@ import pytest
 from tests.conftest import DEMO_CHECKPOINT
 
 FLAGS = ["--model", "timm:test_resnet", "--checkpoint", str(DEMO_CHECKPOINT), "--num-classes", "10",
-         "--input-size", "3,32,32", "--backends", "pytorch,onnxruntime", "--limit", "24"]
+         "--input-size", "3,32,32", "--backends", "pytorch,onnxruntime", "--limit", "24",
+         "--measure", "warmup_iters=1,min_iters=3,min_duration_s=0,max_duration_s=1"]
 ROW = "job_id, status, model, compression, backend, device, batch_size, node"
 
 

@@ -15,11 +15,12 @@ def _args(*argv):
 def test_flags_become_the_sweep_a_file_would_hold(tmp_path):
     from fleetbench.shared.sweep import BACKENDS
     sweep = flags.build(_args(*MODEL, "--compression", "none,int8-static", "--batch-sizes", "1,8",
-                              "--input-size", "3,32,32", "--limit", "24"))
+                              "--input-size", "3,32,32", "--limit", "24", "--measure", "min_iters=3,min_duration_s=0.5"))
     assert sweep.name == sweep.models[0].name == "test_resnet"
     assert [c.name for c in sweep.compression] == ["none", "int8-static"] and sweep.batch_sizes == [1, 8]
     assert tuple(sweep.backends) == BACKENDS and sweep.models[0].input_size == (3, 32, 32)
     assert sweep.models[0].num_classes == 10 and sweep.dataset.kind == "digits" and sweep.dataset.limit == 24
+    assert (sweep.measure.min_iters, sweep.measure.min_duration_s, sweep.measure.warmup_iters) == (3, 0.5, 10)
     for cls in ("a", "b", "c"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
     folder = flags.build(_args("--model", "onnx:nets/m.onnx", "--dataset", f"imagefolder:{tmp_path / 'imgs'}",
@@ -30,11 +31,12 @@ def test_flags_become_the_sweep_a_file_would_hold(tmp_path):
 def test_bad_flags_are_named_all_at_once_exit_2_nothing_written(tmp_path, capsys):
     db, saved = tmp_path / "r.duckdb", tmp_path / "s.yaml"
     code = cli.main(["run", "--model", "tim:resnet18", "--backends", "pytorch,onx", "--batch-sizes", "1,x",
-                     "--compression", "int9", "--input-size", "3,32", "--db", str(db), "--save-sweep", str(saved)])
+                     "--compression", "int9", "--input-size", "3,32", "--measure", "min_iters=x",
+                     "--db", str(db), "--save-sweep", str(saved)])
     err = capsys.readouterr().err.splitlines()
-    assert code == 2 and len(err) == 5, err
+    assert code == 2 and len(err) == 6, err
     for flag in ("--model", "--backends (backends[1])", "--batch-sizes", "--compression (compression[0])",
-                 "--input-size"):
+                 "--input-size", "--measure (measure.min_iters)"):
         assert any(line.startswith(f"coordinator: {flag}") for line in err), (flag, err)
     assert not db.exists() and not saved.exists()
     assert cli.main(["run", *MODEL, "--checkpoint", str(tmp_path / "none.pt"), "--save-sweep", str(saved)]) == 2
