@@ -100,7 +100,7 @@ def r_metric(rows: list[dict[str, Any]]) -> str:
     return "/".join(metrics)
 
 
-def _interval(r: dict[str, Any]) -> tuple[float, float]:
+def _interval(r: dict[str, Any]) -> tuple[Optional[float], Optional[float]]:
     """The row's p50 interval (its 95% interval where stored, else the point)."""
     p50 = _num(r.get("latency_p50_ms"))
     low, high = _num(r.get("latency_p50_ci_low_ms")), _num(r.get("latency_p50_ci_high_ms"))
