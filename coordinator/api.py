@@ -27,7 +27,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, TextIO, Union
 
-from fleetbench.shared.errors import StoreError, SweepError
+from fleetbench.shared.errors import StoreError, SweepError, printable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -245,7 +245,7 @@ class Report:
         return self._html
 
     def __repr__(self) -> str:
-        return f"<fleetbench.Report {self.composed.title}>"
+        return f"<fleetbench.Report {printable(self.composed.title)}>"   # a REPL prints it as it is
 
     def __str__(self) -> str:
         return self.text

@@ -265,3 +265,10 @@ def test_all_invalid_warning_with_a_hostile_reason_is_one_escaped_line(hostile, 
     warning = next(ln for ln in out.getvalue().splitlines() if "was judged invalid" in ln)
     assert warning.endswith("For example: cv 40%\\x1b[2J [/bold]") and raw_controls(out.getvalue()) == set()
     assert "For example: cv 40%\\\\x1b\\[2J \\[/bold\\]**" in (tmp_path / "r.md").read_text()
+
+
+def test_python_api_report_repr_is_plain_text(hostile):
+    from fleetbench.coordinator.api import open as open_results
+    rep = open_results(hostile[0]).report()
+    assert raw_controls(repr(rep)) == set() and "\\x1b[31mred" in repr(rep)
+    assert raw_controls(rep.text) == set()
