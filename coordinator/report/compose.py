@@ -5,7 +5,7 @@ import datetime as dt
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from fleetbench.coordinator.report import table
 from fleetbench.coordinator.report.data import RunData
@@ -36,6 +36,7 @@ class Report:
     picks: list[Pick] = field(default_factory=list)
     best_rows: list[list[str]] = field(default_factory=list)
     front: set[str] = field(default_factory=set)
+    race: Optional[tuple[list[list[str]], list[list[str]]]] = None   # a raced run's tables (race_answer.py)
 
     @property
     def title(self) -> str:

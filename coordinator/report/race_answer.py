@@ -36,18 +36,26 @@ def tables(con, run_id: str) -> Optional[tuple[list[list[str]], list[list[str]]]
     return summary, answer
 
 
-def render(db: str, run_id: str, out=None) -> None:
-    """Print the race's tables (nothing for a run that did not race)."""
+SUMMARY_NOTE = ("race: what each node measured (exhaustive estimate: every configuration at the mean cost of "
+                "the node's finals)")
+ANSWER_NOTE = "race answer: the winner over the stored blocks and the configurations statistically tied with it"
+
+
+def load(db: str, run_id: str) -> Optional[tuple[list[list[str]], list[list[str]]]]:
+    """The race's tables of a run, read on a short read-only connection (None: the run did not race)."""
     from fleetbench.coordinator.report.data import connect
-    from fleetbench.coordinator.report.render_term import print_table
     con = connect(db)
     try:
-        got = tables(con, run_id)
+        return tables(con, run_id)
     finally:
         con.close()
+
+
+def render(db: str, run_id: str, out=None, got=None) -> None:
+    """Print the race's tables (nothing for a run that did not race)."""
+    from fleetbench.coordinator.report.render_term import print_table
+    got = got if got is not None else load(db, run_id)
     if got is None:
         return
-    print_table(SUMMARY, got[0], title="race: what each node measured (exhaustive estimate: every "
-                                       "configuration at the mean cost of the node's finals)", file=out)
-    print_table(ANSWER, got[1], title="race answer: the winner over the stored blocks and the configurations "
-                                      "statistically tied with it", file=out)
+    print_table(SUMMARY, got[0], title=SUMMARY_NOTE, file=out)
+    print_table(ANSWER, got[1], title=ANSWER_NOTE, file=out)

@@ -10,7 +10,8 @@ from fleetbench.coordinator.formats import md_text
 from fleetbench.coordinator.report.compose import Report
 
 NUMERIC = {"quality", "bs", "size MB", "zstd MB", "p50 ms", "p99 ms", "RAM MB", "RAM +MB", "VRAM MB", "agree",
-           "size ×", "p50 ×", "F1 ±", "items/s", "drop"}
+           "size ×", "p50 ×", "F1 ±", "items/s", "drop",
+           "raced", "out at quality", "out at speed", "measured in full", "race node s", "exhaustive est. s", "share"}
 
 
 def md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -33,6 +34,10 @@ def render(rep: Report) -> str:
                       md_table(table.COURSE[:-1] + ("mark",), rows) if rows else "_no ok rows_", ""]
         if s.not_measured:
             parts += ["Not measured:", "", md_table(table.NOT_MEASURED, s.not_measured), ""]
+    if rep.race is not None:
+        from fleetbench.coordinator.report import race_answer as ra
+        parts += ["## Race", "", md_text(ra.SUMMARY_NOTE), "", md_table(ra.SUMMARY, rep.race[0]), "",
+                  md_text(ra.ANSWER_NOTE), "", md_table(ra.ANSWER, rep.race[1]), ""]
     parts += ["## Across hardware", "", "p50 ms and quality of each configuration on every node "
               "(SQL: `SELECT * FROM hardware`).", "", md_table(rep.hardware_columns, rep.hardware_rows), ""]
     return "\n".join(parts)

@@ -420,3 +420,7 @@ def test_a_race_on_two_nodes_is_killed_mid_race_and_resumed_to_its_answer(fleet,
         assert int(row[1]) == len(mine) and int(row[4]) == sum(r["status"] == "ok" for r in mine)
         assert int(row[2]) + int(row[3]) == sum(r["status"] == "eliminated" for r in mine)
     assert len(answer) == 2 and all(row[3] in row[4] for row in answer)   # the winner heads its tie group
+    from fleetbench.coordinator.report.write import report
+    report(str(db), md=str(tmp_path / "r.md"), quiet=True)
+    md = (tmp_path / "r.md").read_text()
+    assert "## Race" in md and "| n-cpu |" in md and "| n-intel |" in md
