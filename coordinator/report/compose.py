@@ -26,6 +26,15 @@ class NodeSection:
         return f"{self.node} — {self.hardware or 'hardware unknown'} ({self.hw_kind})"
 
 
+# A raced run's tables (coordinator/report/race_answer.py fills them; every rendering shows them).
+RACE_SUMMARY = ("node", "raced", "out at quality", "out at speed", "measured in full", "race node s",
+                "exhaustive est. s", "share")
+RACE_ANSWER = ("node", "model", "bs", "winner", "tied with it (P fastest)")
+RACE_SUMMARY_NOTE = ("race: what each node measured (exhaustive estimate: every configuration at the mean cost "
+                     "of the node's finals)")
+RACE_ANSWER_NOTE = "race answer: the winner over the stored blocks and the configurations statistically tied with it"
+
+
 @dataclass
 class Report:
     data: RunData

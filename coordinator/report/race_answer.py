@@ -6,11 +6,11 @@ import json
 from typing import Optional
 
 from fleetbench.coordinator import race
+from fleetbench.coordinator.report.compose import RACE_ANSWER as ANSWER
+from fleetbench.coordinator.report.compose import RACE_ANSWER_NOTE as ANSWER_NOTE
+from fleetbench.coordinator.report.compose import RACE_SUMMARY as SUMMARY
+from fleetbench.coordinator.report.compose import RACE_SUMMARY_NOTE as SUMMARY_NOTE
 from fleetbench.shared.sweep import SearchSpec
-
-SUMMARY = ("node", "raced", "out at quality", "out at speed", "measured in full", "race node s",
-           "exhaustive est. s", "share")
-ANSWER = ("node", "model", "bs", "winner", "tied with it (P fastest)")
 
 
 def tables(con, run_id: str) -> Optional[tuple[list[list[str]], list[list[str]]]]:
@@ -36,9 +36,6 @@ def tables(con, run_id: str) -> Optional[tuple[list[list[str]], list[list[str]]]
     return summary, answer
 
 
-SUMMARY_NOTE = ("race: what each node measured (exhaustive estimate: every configuration at the mean cost of "
-                "the node's finals)")
-ANSWER_NOTE = "race answer: the winner over the stored blocks and the configurations statistically tied with it"
 
 
 def load(db: str, run_id: str) -> Optional[tuple[list[list[str]], list[list[str]]]]:

@@ -82,10 +82,10 @@ def render(rep: Report, plots: list[tuple[str, str]]) -> str:
         if s.not_measured:
             parts += ["<h3>Not measured</h3>", html_table(table.NOT_MEASURED, s.not_measured, "not-measured")]
     if rep.race is not None:
-        from fleetbench.coordinator.report import race_answer as ra
-        parts += ["<h2>Race</h2>", f'<p class="note">{escape(ra.SUMMARY_NOTE)}</p>',
-                  html_table(ra.SUMMARY, rep.race[0], "race"), f'<p class="note">{escape(ra.ANSWER_NOTE)}</p>',
-                  html_table(ra.ANSWER, rep.race[1], "race-answer")]
+        from fleetbench.coordinator.report import compose as ra
+        parts += ["<h2>Race</h2>", f'<p class="note">{escape(ra.RACE_SUMMARY_NOTE)}</p>',
+                  html_table(ra.RACE_SUMMARY, rep.race[0], "race"), f'<p class="note">{escape(ra.RACE_ANSWER_NOTE)}</p>',
+                  html_table(ra.RACE_ANSWER, rep.race[1], "race-answer")]
     parts += ["<h2>Across hardware</h2>",
               '<p class="note">p50 ms and quality of each configuration on every node '
               "(SQL: <code>SELECT * FROM hardware</code>).</p>",

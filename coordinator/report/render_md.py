@@ -35,9 +35,9 @@ def render(rep: Report) -> str:
         if s.not_measured:
             parts += ["Not measured:", "", md_table(table.NOT_MEASURED, s.not_measured), ""]
     if rep.race is not None:
-        from fleetbench.coordinator.report import race_answer as ra
-        parts += ["## Race", "", md_text(ra.SUMMARY_NOTE), "", md_table(ra.SUMMARY, rep.race[0]), "",
-                  md_text(ra.ANSWER_NOTE), "", md_table(ra.ANSWER, rep.race[1]), ""]
+        from fleetbench.coordinator.report import compose as ra
+        parts += ["## Race", "", md_text(ra.RACE_SUMMARY_NOTE), "", md_table(ra.RACE_SUMMARY, rep.race[0]), "",
+                  md_text(ra.RACE_ANSWER_NOTE), "", md_table(ra.RACE_ANSWER, rep.race[1]), ""]
     parts += ["## Across hardware", "", "p50 ms and quality of each configuration on every node "
               "(SQL: `SELECT * FROM hardware`).", "", md_table(rep.hardware_columns, rep.hardware_rows), ""]
     return "\n".join(parts)
