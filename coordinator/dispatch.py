@@ -30,7 +30,7 @@ from ray.exceptions import NodeDiedError, TaskUnschedulableError
 
 from fleetbench.coordinator.cluster import alive_nodes, node_options
 from fleetbench.coordinator.trust import accept
-from fleetbench.shared.errors import STAGES, one_line
+from fleetbench.shared.errors import STAGES, ClusterError, one_line
 from fleetbench.shared.job import STARTUP_S, Job, Result
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,27 @@ class _Running:
     stage: Optional[str] = None
     started: Optional[float] = None                        # first stage event: the worker is up
     log: Optional[dict] = None                             # the agent's log of a failed job
+
+
+class HeadLost(ClusterError):
+    """The cluster's head (its GCS) stopped answering: nothing more can be dispatched or received."""
+
+
+HEAD_CHECK_TIMEOUT_S = 3.0
+
+
+def check_head(gcs: Optional[str]) -> None:
+    """Raise HeadLost when the GCS at `gcs` (HOST:PORT) takes no TCP connection. Ray itself would retry
+    for 60 s and then end this process without a word; this check comes every LIVENESS_EVERY_S."""
+    import socket
+    if not gcs:
+        return
+    host, _, port = gcs.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=HEAD_CHECK_TIMEOUT_S).close()
+    except OSError as e:
+        raise HeadLost(f"the cluster's head ({gcs}) does not answer ({e.strerror or type(e).__name__}): it "
+                       "stopped, restarted or is cut off; the jobs in flight are lost") from None
 
 
 def failed(job: Job, stage: Optional[str], error: str) -> Result:
@@ -86,6 +107,7 @@ class Dispatcher:
         self.host_of: dict[str, str] = {}                        # node_id -> host_id (machine-id)
         self.nodes: dict[str, dict] = {}
         self.weights: dict[str, "ray.ObjectRef"] = {}
+        self.gcs: Optional[str] = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
 
     def submit(self, jobs: list[Job], weights: dict[str, "ray.ObjectRef"]) -> None:
         self.weights.update(weights)
@@ -205,6 +227,7 @@ class Dispatcher:
             self._finish(gen, row)
 
     def _check_nodes_and_timeouts(self) -> None:
+        check_head(self.gcs)
         alive = {n["NodeID"] for n in alive_nodes()}
         for node_id in {s.job.node_id for s in self.running.values()} - alive:
             key = next(s.job.node_key for s in self.running.values() if s.job.node_id == node_id)

@@ -17,7 +17,7 @@ from typing import Optional, Union
 from fleetbench.coordinator.formats import render
 from fleetbench.coordinator.plan import checkpoint_path, dataset_folder, plan
 from fleetbench.coordinator.report import fleet_table
-from fleetbench.shared.errors import FleetError, Interrupted, StoreError, SweepError, printable
+from fleetbench.shared.errors import ClusterError, FleetError, Interrupted, StoreError, SweepError, printable
 from fleetbench.shared.job import Result
 from fleetbench.shared.sweep import Sweep, load_sweep, parse_sweep
 
@@ -228,6 +228,7 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
     out = out or sys.stdout   # looked up now: the stream of this call, not of import time
     checked = preflight(sweep_path, db=db, resume=resume)   # everything checkable, before Ray starts
     from fleetbench.coordinator import cluster  # imports Ray: only for a sweep that will run
+    from fleetbench.coordinator.dispatch import HeadLost
     sweep, payloads, hashes = checked.sweep, checked.payloads, checked.hashes
     for note in checked.notes:
         print(f"{checked.source.origin}: {note}", file=out)
@@ -242,6 +243,9 @@ def run_sweep(sweep_path: SweepLike, db: str = "results.duckdb", address: Option
             stop = signals.interrupted(e)
             stop.hint = f"rows stored so far are kept in {db}; run the missing jobs with: {again}"
             raise stop from None
+        except HeadLost as e:       # the head stopped or restarted: what is stored stays
+            raise ClusterError(f"{e}; rows stored so far are kept in {db}; when the head is back and its nodes "
+                               f"have joined it, run the missing jobs with: {again}") from None
         except _StoreFailed as e:   # the database stopped taking rows (a full disk): what is stored stays
             raise FleetError(f"{e}; rows stored so far are kept; when it can be written again, run the "
                              f"missing jobs with: {again}") from None

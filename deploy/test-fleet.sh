@@ -190,7 +190,11 @@ start_node() { # HOST KIND START_NODE_ARGS...: start-node.sh, once more after a 
         # Ray gives a node 30 s to register, which a machine under load can miss
         on_host "$h" "$HERE/start-node.sh" "$kind" "$@" --name "$h" --node-ip "$(host_field "$h" 2)" \
             >>"$ROOT/$h/start.log" 2>&1 && return 0
-        ((try == 2)) || { log "host $h: start-node.sh failed, once more"; on_host "$h" "$HERE/start-node.sh" stop --name "$h" >>"$ROOT/$h/start.log" 2>&1 || true; }
+        ((try == 2)) || {
+            log "host $h: start-node.sh failed, once more"
+            on_host "$h" "$HERE/start-node.sh" stop --name "$h" >>"$ROOT/$h/start.log" 2>&1 || true
+            sleep 2   # killed processes leave the process table (Ray refuses a head while its GCS is listed)
+        }
     done
     die "host $h: start-node.sh failed: $(tail -n 5 "$ROOT/$h/start.log")"
 }
@@ -326,8 +330,11 @@ stop)
     on_host "$1" "$HERE/start-node.sh" stop --name "$1"
     ;;
 start)
-    [[ $(host_field "${1:-}" 5) == worker ]] || die "start: $1 is not a worker host" 2
-    start_worker "$1" "$(host_field "$1" 6)"
+    case $(host_field "${1:-}" 5) in
+    head) start_node head head cpu ;;
+    worker) start_worker "$1" "$(host_field "$1" 6)" ;;
+    *) die "start: $1 runs no node" 2 ;;
+    esac
     ;;
 hosts) cmd_hosts ;;
 down) cmd_down ;;

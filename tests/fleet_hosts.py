@@ -1,6 +1,6 @@
 """A fleet of hosts on this machine for tests: deploy/test-fleet.sh driven from Python.
 
-Each host is a network namespace with its own address on a private bridge (10.213.0.0/24, inside
+Each host is a network namespace with its own address on a private bridge (a 10.213.N.0/24, inside
 namespaces this fleet made only), its own HOME, Ray temp folder and engine cache, and one CPU (a cgroup
 cpuset and CPU quota where the machine allows, else taskset). `head` and `w1`.. are Ray nodes started
 with deploy/start-node.sh as the deploy guide says, with the token; `coord` is a host that is no node.
@@ -62,7 +62,10 @@ class HostFleet:
     @classmethod
     def up(cls, workers: int = 1, cpu_quota_pct: int = 100, venv: Optional[str] = None) -> "HostFleet":
         fleet = cls("fb" + secrets.token_hex(3))
-        args = ["up", "--workers", str(workers), "--cpu-quota", str(cpu_quota_pct)]
+        # a subnet of its own: `ray start --head` refuses an address whose GCS runs anywhere on the machine,
+        # another fleet's included
+        args = ["up", "--workers", str(workers), "--cpu-quota", str(cpu_quota_pct),
+                "--net", f"10.213.{secrets.randbelow(254) + 1}"]
         if venv:
             args += ["--venv", venv]
         try:

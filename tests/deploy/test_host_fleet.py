@@ -162,6 +162,43 @@ def test_a_cut_cable_mid_sweep_fails_that_hosts_jobs_and_resume_runs_exactly_tho
     assert after[0]["started_at"] == first[0]["started_at"]    # the row stored before the cut is kept
 
 
+def test_the_head_restarted_mid_sweep_ends_the_run_with_the_resume_command_and_loses_nothing(host_fleet):
+    """Ray alone would retry the lost GCS for 60 s and then end the coordinator without a word."""
+    measure = {**MEASURE, "min_duration_s": 2, "max_duration_s": 3}
+    sweep = write_sweep(host_fleet.root / "head" / "restart.yaml", batch_sizes=[1, 2, 3], measure=measure,
+                        targets=["node:w1"])
+    db = host_fleet.root / "head" / "restart.duckdb"
+    run = ["coordinator", "run", sweep, "--db", db, "--address", host_fleet.head_address]
+    proc = host_fleet.popen("head", *run)
+    seen, deadline = "", time.monotonic() + 400
+    try:
+        while "[1/3] w1:" not in seen and proc.poll() is None and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1)[0]:
+                seen += os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
+        assert "[1/3] w1:" in seen, seen[-3000:]
+        host_fleet.stop_node("head")
+        _, err = proc.communicate(timeout=120)
+    except BaseException:
+        os.killpg(proc.pid, 9)
+        raise
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith(
+        f"coordinator: the cluster's head ({host_fleet.head_address}) does not answer"), (seen + err)[-3000:]
+    assert last.endswith(f"run the missing jobs with: coordinator run {sweep} --db {db} "
+                         f"--address {host_fleet.head_address} --resume"), last
+    stored = [r for r in rows(db) if r["status"] == "ok"]
+    assert 1 <= len(stored) < 3
+    host_fleet._script("start", "head")             # the head back, then w1 (its node died with the old head)
+    host_fleet.stop_node("w1")
+    host_fleet._script("start", "w1")
+    again = host_fleet.run("head", *run, "--resume", "--no-progress", timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{3 - len(stored)} to run" in again.stdout, again.stdout[-2000:]
+    after = rows(db)
+    assert [r["status"] for r in after] == ["ok"] * 3 and len({r["run_id"] for r in after}) == 1
+    assert {r["job_id"]: r["started_at"] for r in stored}.items() <= {r["job_id"]: r["started_at"] for r in after}.items()
+
+
 def leftovers(name: str, root: Path) -> list[str]:
     """What a fleet called `name` left on the machine: namespaces, cgroups, its folder, processes using it."""
     found = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
