@@ -188,8 +188,10 @@ def test_the_head_restarted_mid_sweep_ends_the_run_with_the_resume_command_and_l
                          f"--address {host_fleet.head_address} --resume"), last
     stored = [r for r in rows(db) if r["status"] == "ok"]
     assert 1 <= len(stored) < 3
-    host_fleet._script("start", "head")             # the head back, then w1 (its node died with the old head)
+    # w1's node belongs to the old cluster: stop it first (`ray start --head` refuses an address that any
+    # process on the machine still names as its GCS), then the head, then w1
     host_fleet.stop_node("w1")
+    host_fleet._script("start", "head")
     host_fleet._script("start", "w1")
     again = host_fleet.run("head", *run, "--resume", "--no-progress", timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
