@@ -1,9 +1,12 @@
 """The Python API (`import fleetbench`) and the command line run one code path and read the same rows.
 
-One database for the module: `coordinator run --model ... --save-sweep F` (the one-line form, through the
-CLI's main) runs a two-job sweep on the embedded cluster, then `fleetbench.run(F)` runs the same sweep
-again into it.
+One database for the module: `coordinator run --model ... --save-sweep F` (the one-line form) runs a two-job
+sweep on the embedded cluster, then `fleetbench.run(F)` runs the same sweep again into it, each in a fresh interpreter.
 """
+import json
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -15,15 +18,29 @@ FLAGS = ["--model", "timm:test_resnet", "--checkpoint", str(DEMO_CHECKPOINT), "-
 ROW = "job_id, status, model, compression, backend, device, batch_size, node"
 
 
+# Each run in a fresh interpreter, as a user would start one: an embedded cluster started inside the
+# test process would inherit what earlier tests left in Ray's process-wide state.
+API_RUN = """import json, sys, fleetbench
+res = fleetbench.run(sys.argv[1], db=sys.argv[2], progress=False)
+print(json.dumps({"run_id": res.run_id, "counts": dict(res.counts)}))"""
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    import fleetbench
-    from fleetbench.coordinator import cli
+    from fleetbench.coordinator.api import Results
+    from fleetbench.coordinator.run import RunCounts
     tmp = tmp_path_factory.mktemp("api")
     db, saved = tmp / "r.duckdb", tmp / "sweep.yaml"
-    assert cli.main(["run", *FLAGS, "--save-sweep", str(saved), "--db", str(db), "--no-progress"]) == 0
-    res = fleetbench.run(saved, db=db, progress=False)
-    return db, saved, res
+    cli = subprocess.run([sys.executable, "-m", "fleetbench.coordinator.cli", "run", *FLAGS, "--save-sweep", str(saved),
+                          "--db", str(db), "--no-progress"], cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    api = subprocess.run([sys.executable, "-c", API_RUN, str(saved), str(db)], cwd=tmp, capture_output=True, text=True,
+                         timeout=600)
+    assert api.returncode == 0, api.stderr[-3000:]
+    got = json.loads(api.stdout.strip().splitlines()[-1])
+    counts = RunCounts(got["counts"])
+    counts.run_id = got["run_id"]
+    return db, saved, Results(db, run=got["run_id"], counts=counts)
 
 
 def _rows(res, run_id):
